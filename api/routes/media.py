@@ -1,0 +1,54 @@
+"""Media route: files of the local media store (the embedded default; R2 serves its own URLs)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from api.deps import SettingsDep
+from api.errors import ERROR_RESPONSES, ApiError
+
+router = APIRouter(tags=["media"], responses=ERROR_RESPONSES)
+
+# Keys are `{project_id}/{kind}/{task uuid}.{ext}` (resources/media_store.py: media_key). Kept
+# here rather than imported because that module imports dagster, which the API process avoids.
+CONTENT_TYPES = {"jpg": "image/jpeg", "mp4": "video/mp4", "mp3": "audio/mpeg"}
+_KEY_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/(?:images|videos|audio)/[0-9a-f-]{36}\.(jpg|mp4|mp3)"
+)
+MEDIA_NOT_FOUND = "media not found"
+
+
+def resolve_media(root: Path, key: str, raw_path: bytes) -> Path | None:
+    """The file a key names inside root, or None for anything that is not a plain stored key."""
+    # Stored keys never need percent-encoding, so any escape (%2e, %2f, %00) is an attempt.
+    if b"%" in raw_path or not _KEY_RE.fullmatch(key):
+        return None
+    # resolve() follows symlinks: a link (or a link in the path) leading out of root fails here.
+    path = (root / key).resolve()
+    if root not in path.parents or not path.is_file():
+        return None
+    return path
+
+
+@router.get("/media/{key:path}", response_class=FileResponse)
+def get_media(key: str, request: Request, settings: SettingsDep) -> FileResponse:
+    """A produced image, video or audio file (no key: media keys are unguessable)."""
+    root = settings.media_root
+    path = resolve_media(root, key, request.scope.get("raw_path") or b"")
+    if path is None:
+        raise ApiError(404, MEDIA_NOT_FOUND)
+    match = _KEY_RE.fullmatch(key)
+    assert match is not None
+    return FileResponse(
+        path,
+        media_type=CONTENT_TYPES[match.group(1)],
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+# HEAD too (players probe size and type first), kept out of the schema: one operation documents it.
+router.add_api_route("/media/{key:path}", get_media, methods=["HEAD"], include_in_schema=False)

@@ -1,0 +1,98 @@
+"""Task routes: submit, status, cancel, retry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from api.deps import (
+    CallerDep,
+    DispatcherDep,
+    PoolDep,
+    SettingsDep,
+    require_json,
+    require_key,
+    visible_projects,
+)
+from api.errors import ERROR_RESPONSES, ApiError
+from api.schemas import TaskAccepted, TaskStatus, TaskSubmit, json_size
+from moviegen_dagster import store
+from moviegen_dagster.db import DictPool
+from moviegen_dagster.keys import Caller
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
+
+# Unknown, malformed and other projects' ids all get exactly this body (no existence leak).
+TASK_NOT_FOUND = "task not found"
+
+
+def _visible_task(pool: DictPool, caller: Caller, task_id: str) -> store.Row:
+    """The caller's task, or 404; the scope is applied by the query itself."""
+    with pool.connection() as conn:
+        row = store.get_task(conn, task_id, visible_projects(caller))
+    if row is None:
+        raise ApiError(404, TASK_NOT_FOUND)
+    return row
+
+
+@router.post(
+    "/submit",
+    status_code=202,
+    response_model=TaskAccepted,
+    dependencies=[Depends(require_key), Depends(require_json)],
+)
+def submit_task(
+    body: TaskSubmit,
+    caller: CallerDep,
+    pool: PoolDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+    response: Response,
+) -> TaskAccepted:
+    """Queue a generation task for one of the key's projects."""
+    if json_size(body.metadata) > settings.max_metadata_bytes:
+        raise ApiError(
+            400,
+            f"metadata: larger than {settings.max_metadata_bytes} bytes as JSON",
+            code="validation_error",
+            field="metadata",
+        )
+    if not caller.covers(body.project_id):
+        raise ApiError(
+            403,
+            f"project_id: this API key does not cover project {body.project_id!r}",
+            field="project_id",
+        )
+    row = dispatcher.submit(body.to_new_task())
+    with pool.connection() as conn:
+        position = store.queue_position(conn, row)
+    response.headers["Location"] = f"/api/v1/tasks/{row['task_id']}/status"
+    return TaskAccepted.from_row(row, position)
+
+
+@router.get("/{task_id}/status", response_model=TaskStatus)
+def task_status(
+    task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
+) -> TaskStatus:
+    """A task's status, progress and result."""
+    row = _visible_task(pool, caller, task_id)
+    if row["status"] in store.OPEN:
+        row = dispatcher.status(row)
+    return TaskStatus.from_row(row)
+
+
+@router.delete("/{task_id}/cancel", response_model=TaskStatus)
+def cancel_task(
+    task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
+) -> TaskStatus:
+    """Cancel a queued or processing task (409 once completed or failed)."""
+    row = _visible_task(pool, caller, task_id)
+    return TaskStatus.from_row(dispatcher.cancel(row))
+
+
+@router.post("/{task_id}/retry", status_code=202, response_model=TaskStatus)
+def retry_task(
+    task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
+) -> TaskStatus:
+    """Re-run a failed task under the same task id (409 unless failed)."""
+    row = _visible_task(pool, caller, task_id)
+    return TaskStatus.from_row(dispatcher.retry(row))

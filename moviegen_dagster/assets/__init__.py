@@ -1,0 +1,1 @@
+"""Media assets: one materialization per completed task ("take")."""

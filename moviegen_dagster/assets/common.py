@@ -1,0 +1,91 @@
+"""What every media asset does around generation: task lookup, progress, errors, provenance."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from moviegen_dagster import faults, tags, worker_state
+from moviegen_dagster.generation.errors import GenerationCancelled
+from resources.task_state import ProgressReporter, TaskStateResource
+
+# Out-of-memory is the one error worth retrying in place; the retry policy backs off with
+# jitter so several slots on one GPU do not retry in lockstep.
+OOM_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+@dataclass
+class TaskRun:
+    """The task a run carries, with its progress reporter."""
+
+    task: dict[str, Any]
+    report: ProgressReporter
+    started: float
+
+    @property
+    def task_id(self) -> str:
+        """The task's id as a string."""
+        return str(self.task["task_id"])
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError"
+
+
+@contextmanager
+def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Iterator[TaskRun]:
+    """Load the run's task, claim the worker slot, and turn errors into clear task errors."""
+    task_id = context.run.tags.get(tags.TASK_ID)
+    if not task_id:
+        raise dg.Failure(
+            "this run carries no moviegen/task_id tag; launch takes through the API",
+            allow_retries=False,
+        )
+    task = state.load(task_id)
+    report = state.reporter(context.op_execution_context, task_id)
+    worker_state.claim(task_id, context.run_id)
+    completed = False
+    try:
+        report(0.01, "starting", force=True)
+        faults.maybe_inject(task, "generate")
+        yield TaskRun(task=task, report=report, started=time.monotonic())
+        completed = True
+    except GenerationCancelled as exc:
+        raise dg.Failure("cancelled while generating", allow_retries=False) from exc
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            _free_gpu_memory()
+            state.save_error(task_id, "out_of_memory", f"GPU out of memory: {exc}")
+            raise dg.RetryRequested(max_retries=OOM_RETRY.max_retries, seconds_to_wait=2) from exc
+        state.save_error(task_id, "generation_failed", f"{type(exc).__name__}: {exc}")
+        raise dg.Failure(f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
+    finally:
+        worker_state.release(completed)
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def should_stop(context: dg.AssetExecutionContext) -> bool:
+    """True once the run is being cancelled (checked between denoising steps)."""
+    run = context.instance.get_run_by_id(context.run_id)
+    return run is not None and run.status.value in ("CANCELING", "CANCELED")

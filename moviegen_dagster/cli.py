@@ -1,0 +1,114 @@
+"""`moviegen` command line: run the stack, migrate, manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+
+from moviegen_dagster.settings import get_settings
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    """Start the whole stack in the foreground until Ctrl-C."""
+    from moviegen_dagster.stack import Stack
+
+    settings = get_settings()
+    stack = Stack(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        env = stack.start()
+        print(
+            "\nMovieGen is up.\n"
+            f"  API:        {settings.api_base_url}/api/v1  (docs: {settings.api_base_url}/docs)\n"
+            f"  Dagster UI: {settings.dagster_url}\n"
+            f"  API key (admin, every project): {env['MOVIEGEN_ADMIN_KEY']}\n"
+            f"  Logs:       {stack.logs}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            stack.check_alive()
+    except Exception as exc:
+        print(f"moviegen up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("Stopping MovieGen...", flush=True)
+        stack.stop()
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    """Create or upgrade the moviegen schema."""
+    from moviegen_dagster.db import migrate
+
+    migrate(get_settings().require_database_url())
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create, revoke or list API keys."""
+    from moviegen_dagster import keys
+    from moviegen_dagster.db import connect
+
+    with connect(get_settings().require_database_url()) as conn:
+        if args.keys_cmd == "create":
+            raw = keys.new_key()
+            expires = (
+                datetime.now(UTC) + timedelta(days=args.expires_in_days)
+                if args.expires_in_days
+                else None
+            )
+            project = None if args.admin else args.project
+            key_id = keys.store_key(
+                conn, raw, args.name or f"cli:{project or 'admin'}", project, expires
+            )
+            print(
+                json.dumps(
+                    {
+                        "key_id": key_id,
+                        "api_key": raw,
+                        "project_id": project,
+                        "expires_at": expires.isoformat() if expires else None,
+                    }
+                )
+            )
+        elif args.keys_cmd == "revoke":
+            if not keys.revoke_key(conn, args.key_id):
+                print(f"no active key with id {args.key_id}", file=sys.stderr)
+                return 1
+            print(json.dumps({"key_id": args.key_id, "revoked": True}))
+        else:
+            print(json.dumps(keys.list_keys(conn), default=str, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `moviegen` command."""
+    parser = argparse.ArgumentParser(prog="moviegen", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start the stack (embedded PostgreSQL/Redis unless configured)")
+    sub.add_parser("migrate", help="create or upgrade the moviegen schema")
+    k = sub.add_parser("keys", help="manage API keys")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    create = ksub.add_parser("create", help="create a key and print it once")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--project", help="project the key is scoped to")
+    who.add_argument("--admin", action="store_true", help="a key for every project")
+    create.add_argument("--name", help="a label for the key")
+    create.add_argument("--expires-in-days", type=int, default=None)
+    revoke = ksub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=int)
+    ksub.add_parser("list", help="list keys (never the secrets)")
+    args = parser.parse_args(argv)
+    handler = {"up": cmd_up, "migrate": cmd_migrate, "keys": cmd_keys}[args.cmd]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""PostgreSQL schema of MovieGen's own state (the `moviegen` schema) and connection helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+# Ordered migrations; each runs once, recorded in moviegen.schema_migrations.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE moviegen.api_keys (
+            key_id       bigserial PRIMARY KEY,
+            key_hash     bytea NOT NULL UNIQUE,
+            name         text NOT NULL,
+            project_id   text,                 -- NULL: admin key, every project
+            created_at   timestamptz NOT NULL DEFAULT now(),
+            expires_at   timestamptz,
+            revoked_at   timestamptz
+        );
+        CREATE TABLE moviegen.tasks (
+            task_id             uuid PRIMARY KEY,
+            project_id          text NOT NULL,
+            task_type           text NOT NULL,
+            priority            smallint NOT NULL,
+            status              text NOT NULL DEFAULT 'queued',
+            progress            real NOT NULL DEFAULT 0,
+            current_step        text NOT NULL DEFAULT 'waiting_in_queue',
+            attempt             integer NOT NULL DEFAULT 1,
+            partition_key       text NOT NULL,
+            task_data           jsonb NOT NULL,
+            metadata            jsonb NOT NULL DEFAULT '{}'::jsonb,
+            callback_url        text,
+            estimated_duration  integer NOT NULL,
+            run_id              text,
+            result              jsonb,
+            error               jsonb,
+            parent_task_id      uuid,
+            created_at          timestamptz NOT NULL DEFAULT now(),
+            started_at          timestamptz,
+            completed_at        timestamptz,
+            updated_at          timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX tasks_project_created ON moviegen.tasks (project_id, created_at DESC);
+        CREATE INDEX tasks_open ON moviegen.tasks (priority, created_at)
+            WHERE status IN ('queued', 'processing');
+        CREATE INDEX tasks_unlaunched ON moviegen.tasks (created_at)
+            WHERE run_id IS NULL AND status = 'queued';
+        CREATE TABLE moviegen.workers (
+            worker_id        text PRIMARY KEY,
+            worker_type      text NOT NULL,
+            hostname         text NOT NULL,
+            pid              integer NOT NULL,
+            status           text NOT NULL DEFAULT 'idle',
+            current_task_id  uuid,
+            current_run_id   text,
+            tasks_completed  integer NOT NULL DEFAULT 0,
+            gpu_utilization  real,
+            memory_usage     bigint,
+            started_at       timestamptz NOT NULL DEFAULT now(),
+            last_heartbeat   timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+]
+
+
+def migrate(database_url: str) -> None:
+    """Apply pending migrations (safe to call from several processes at once)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # An advisory lock serialises concurrent starters.
+        conn.execute("SELECT pg_advisory_lock(727001)")
+        try:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS moviegen")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS moviegen.schema_migrations "
+                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM moviegen.schema_migrations")}
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)  # type: ignore[arg-type]
+                    conn.execute(
+                        "INSERT INTO moviegen.schema_migrations (version) VALUES (%s)", (version,)
+                    )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727001)")
+
+
+DictConnection = psycopg.Connection[dict[str, Any]]
+DictPool = ConnectionPool[DictConnection]
+
+
+def make_pool(database_url: str, max_size: int = 10, name: str = "moviegen") -> DictPool:
+    """A psycopg pool returning dict rows; connections are checked before use."""
+    return ConnectionPool(
+        database_url,
+        connection_class=DictConnection,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": False},
+        check=ConnectionPool.check_connection,
+        name=name,
+        open=True,
+        timeout=5.0,
+    )
+
+
+@contextmanager
+def connect(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """One short-lived connection (for processes that do not need a pool)."""
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        yield conn

@@ -1,0 +1,46 @@
+"""The MovieGen code location: assets, jobs, sensors and the resources bound to them."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from moviegen_dagster.assets.character_image import character_image
+from moviegen_dagster.jobs import generate_image
+from moviegen_dagster.settings import Settings, get_settings
+from resources.catalog import ModelCatalog
+from resources.media_store import LocalMediaStore
+from resources.models import ModelPoolResource
+from resources.task_state import TaskStateResource
+from sensors.reconcile import reconcile_tasks, sync_task_status
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The one place that chooses which resource implementations are bound."""
+    return {
+        "task_state": TaskStateResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "media_store": LocalMediaStore(
+            root=str(settings.media_root), base_url=settings.api_base_url
+        ),
+        "models": ModelPoolResource(
+            capacity=settings.model_pool_size, device=settings.device, dtype=settings.dtype
+        ),
+        "catalog": ModelCatalog(
+            profile=settings.model_profile,
+            image_model=settings.image_model_ref(),
+            image_revision=settings.image_model_revision,
+            image_steps=settings.image_steps or (4 if settings.model_profile == "tiny" else 28),
+        ),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Definitions for the given settings."""
+    return dg.Definitions(
+        assets=[character_image],
+        jobs=[generate_image],
+        sensors=[reconcile_tasks, sync_task_status],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(get_settings())

@@ -1,0 +1,320 @@
+"""Turning tasks into Dagster runs and Dagster run state back into task status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from psycopg_pool import PoolTimeout
+
+from moviegen_dagster import store, tags
+from moviegen_dagster.db import DictPool
+from moviegen_dagster.settings import WORKER_TYPE_BY_TASK, Settings
+
+log = logging.getLogger("moviegen.dispatch")
+
+LOCATION = "moviegen"
+REPOSITORY = "__repository__"
+
+_LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+_REEXECUTE = """
+mutation Reexecute($parent: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: FROM_FAILURE}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on Error { message }
+  }
+}"""
+
+_TERMINATE = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+    ... on Error { message }
+  }
+}"""
+
+
+class Conflict(Exception):
+    """The task's state does not allow the operation (HTTP 409)."""
+
+
+class Unavailable(Exception):
+    """A backing service is down; the request may be retried later (HTTP 503)."""
+
+
+def run_tags(row: store.Row, settings: Settings) -> dict[str, str]:
+    """Tags that make a task's run: identity, partition, queue, priority, limits."""
+    worker_type = WORKER_TYPE_BY_TASK[row["task_type"]]
+    return {
+        tags.TASK_ID: str(row["task_id"]),
+        tags.PROJECT_ID: row["project_id"],
+        tags.TASK_TYPE: row["task_type"],
+        tags.WORKER_TYPE: worker_type,
+        tags.CELERY_QUEUE: worker_type,
+        tags.PRIORITY: str(tags.dagster_priority(int(row["priority"]))),
+        tags.PARTITION: row["partition_key"],
+        tags.MAX_RETRIES: str(settings.run_max_retries),
+        tags.MAX_RUNTIME: str(settings.max_runtime_for(row["task_type"])),
+    }
+
+
+def latest_run(instance: Any, row: store.Row) -> Any:
+    """The newest Dagster run carrying this task (retries and re-executions included)."""
+    from dagster import RunsFilter
+
+    runs = instance.get_runs(RunsFilter(tags={tags.TASK_ID: str(row["task_id"])}), limit=1)
+    if runs:
+        return runs[0]
+    return instance.get_run_by_id(row["run_id"]) if row.get("run_id") else None
+
+
+def _failure_message(instance: Any, run_id: str) -> str:
+    from dagster import DagsterEventType
+
+    for etype in (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE):
+        records = instance.get_records_for_run(run_id, of_type=etype, limit=1).records
+        if records:
+            entry = records[0].event_log_entry
+            data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+            err = getattr(data, "error", None)
+            if err is not None and getattr(err, "message", None):
+                return str(err.message).strip().splitlines()[0][:500]
+            if entry.message:
+                return str(entry.message)[:500]
+    return "the run failed"
+
+
+def sync_task(conn: psycopg.Connection[Any], instance: Any, row: store.Row) -> store.Row:
+    """Mirror the task's newest run onto its row (the only writer of run-derived status)."""
+    if row["status"] in store.TERMINAL or not row.get("run_id"):
+        return row
+    run = latest_run(instance, row)
+    if run is None:
+        return row
+    will_retry = run.tags.get(tags.WILL_RETRY) == "true"
+    status = store.run_to_task_status(run.status.value, will_retry)
+    attempt = max(int(row["attempt"]), int(run.tags.get(tags.RETRY_NUMBER, "0")) + 1)
+    if status == row["status"] and run.run_id == row["run_id"] and attempt == row["attempt"]:
+        return row
+    error = None
+    if status == "failed":
+        error = {"code": "run_failed", "message": _failure_message(instance, run.run_id)}
+    new = store.apply_run_state(conn, row["task_id"], run.run_id, status, attempt, error)
+    conn.commit()
+    return new or row
+
+
+class Dispatcher:
+    """The API's and sensors' one door into Dagster."""
+
+    def __init__(self, settings: Settings, pool: DictPool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._http = httpx.Client(base_url=settings.dagster_url, timeout=10.0)
+        self._instance: Any = None
+        self._redis = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=2)
+
+    @property
+    def instance(self) -> Any:
+        """The Dagster instance (DAGSTER_HOME), opened on first use."""
+        if self._instance is None:
+            from dagster import DagsterInstance
+
+            self._instance = DagsterInstance.get()
+        return self._instance
+
+    def close(self) -> None:
+        """Release connections."""
+        self._http.close()
+        if self._instance is not None:
+            self._instance.dispose()
+
+    # -- GraphQL -----------------------------------------------------------------------
+    def _graphql(self, query: str, variables: dict[str, Any], field: str) -> dict[str, Any]:
+        resp = self._http.post("/graphql", json={"query": query, "variables": variables})
+        resp.raise_for_status()
+        body = resp.json()
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL error: {body['errors'][0].get('message')}")
+        result: dict[str, Any] = body["data"][field]
+        return result
+
+    def launch_run(self, row: store.Row) -> str:
+        """Launch the task's run through dagster-webserver's GraphQL API (the fast path)."""
+        self.ensure_partition(row["partition_key"])
+        params = {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "jobName": row["task_type"],
+            },
+            "runConfigData": {},
+            "executionMetadata": {
+                "tags": [{"key": k, "value": v} for k, v in run_tags(row, self.settings).items()]
+            },
+        }
+        result = self._graphql(_LAUNCH, {"params": params}, "launchRun")
+        if result["__typename"] != "LaunchRunSuccess":
+            raise RuntimeError(f"launchRun: {result['__typename']}: {result.get('message')}")
+        return str(result["run"]["runId"])
+
+    def ensure_partition(self, key: str) -> None:
+        """Register the project/scene partition before any run targets it."""
+        if not self.instance.has_dynamic_partition("scenes", key):
+            self.instance.add_dynamic_partitions("scenes", [key])
+
+    # -- task operations -------------------------------------------------------------
+    def submit(self, new: store.NewTask) -> store.Row:
+        """Commit the task, then launch its run; a failed launch is left to the reconciler."""
+        try:
+            with self.pool.connection() as conn:
+                units = store.work_units(new.task_type, new.task_data)
+                estimated = store.estimate_duration(conn, new.task_type, units)
+                row = store.insert_task(conn, new, estimated)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise Unavailable("database unavailable") from exc
+        # The task is durable from here on; everything below is best effort.
+        try:
+            with self.pool.connection() as conn:
+                locked = store.get_task(conn, row["task_id"], None, for_update=True)
+                if locked is not None and locked["run_id"] is None and locked["status"] == "queued":
+                    run_id = self.launch_run(locked)
+                    store.set_run(conn, row["task_id"], run_id)
+                    row = {**row, "run_id": run_id}
+        except Exception:
+            log.warning(
+                "fast launch of task %s failed; the reconcile sensor will launch it",
+                row["task_id"],
+                exc_info=True,
+            )
+        return row
+
+    def status(self, row: store.Row) -> store.Row:
+        """The task refreshed from Dagster."""
+        if row["status"] in store.TERMINAL or not row.get("run_id"):
+            return row
+        with self.pool.connection() as conn:
+            return sync_task(conn, self.instance, row)
+
+    def cancel(self, row: store.Row) -> store.Row:
+        """Cancel a queued or processing task; cancelling a cancelled task is harmless."""
+        with self.pool.connection() as conn:
+            locked = store.get_task(conn, row["task_id"], None, for_update=True)
+            assert locked is not None
+            locked = sync_task(conn, self.instance, locked) if locked["run_id"] else locked
+            if locked["status"] == "cancelled":
+                return locked
+            if locked["status"] in ("completed", "failed"):
+                raise Conflict(f"task is already {locked['status']} and cannot be cancelled")
+            if locked["run_id"] is None:
+                cancelled = store.cancel_unlaunched(conn, locked["task_id"])
+                conn.commit()
+                return cancelled or locked
+            result = self._graphql(_TERMINATE, {"runId": locked["run_id"]}, "terminateRun")
+            if result["__typename"] not in ("TerminateRunSuccess",):
+                log.warning("terminateRun %s: %s", locked["run_id"], result)
+            new = store.apply_run_state(
+                conn, locked["task_id"], locked["run_id"], "cancelled", int(locked["attempt"]), None
+            )
+            conn.commit()
+            return new or locked
+
+    def retry(self, row: store.Row) -> store.Row:
+        """Re-execute a failed task's run from the failed step, under the same task id."""
+        with self.pool.connection() as conn:
+            locked = store.get_task(conn, row["task_id"], None, for_update=True)
+            assert locked is not None
+            if locked["status"] != "failed":
+                raise Conflict(f"only failed tasks can be retried; this one is {locked['status']}")
+            if locked["run_id"] is None:
+                raise Conflict("the task never ran, so there is nothing to retry")
+            result = self._graphql(_REEXECUTE, {"parent": locked["run_id"]}, "launchRunReexecution")
+            if result["__typename"] != "LaunchRunSuccess":
+                raise Unavailable(f"could not launch the retry: {result.get('message')}")
+            reopened = store.reopen_for_retry(conn, locked["task_id"])
+            assert reopened is not None
+            store.set_run(conn, locked["task_id"], result["run"]["runId"])
+            return {**reopened, "run_id": result["run"]["runId"]}
+
+    # -- system ----------------------------------------------------------------------
+    def health(self) -> dict[str, str]:
+        """healthy / degraded / unhealthy per component."""
+        out: dict[str, str] = {}
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                conn.execute("SELECT 1")
+            out["database"] = "healthy"
+        except Exception:
+            out["database"] = "unhealthy"
+        try:
+            self._redis.ping()
+            out["broker"] = "healthy"
+        except Exception:
+            out["broker"] = "degraded"
+        out["daemon"] = self._daemon_health() if out["database"] == "healthy" else "degraded"
+        out["workers"] = (
+            "healthy" if out["database"] == "healthy" and self._live_workers() else "degraded"
+        )
+        return out
+
+    def _daemon_health(self) -> str:
+        try:
+            beats = self.instance.get_daemon_heartbeats()
+        except Exception:
+            return "degraded"
+        now = time.time()
+        fresh = [b for b in beats.values() if now - b.timestamp < 60]
+        return "healthy" if fresh and len(fresh) == len(beats) else "degraded"
+
+    def _live_workers(self) -> int:
+        with self.pool.connection(timeout=2) as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM moviegen.workers "
+                "WHERE last_heartbeat > now() - make_interval(secs => %s)",
+                (self.settings.worker_dead_after_seconds,),
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Workers seen recently, with the project of the task each one is running."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                """
+                SELECT w.worker_id, w.worker_type, w.status, w.current_task_id,
+                       t.project_id AS project_id_of_current_task, w.gpu_utilization,
+                       w.memory_usage, w.tasks_completed, w.last_heartbeat,
+                       w.last_heartbeat > now() - make_interval(secs => %s) AS alive
+                FROM moviegen.workers w
+                LEFT JOIN moviegen.tasks t ON t.task_id = w.current_task_id
+                WHERE w.last_heartbeat > now() - interval '10 minutes'
+                ORDER BY w.worker_type, w.worker_id
+                """,
+                (self.settings.worker_dead_after_seconds,),
+            ).fetchall()
+        out = []
+        for r in rows:
+            alive = r.pop("alive")
+            if not alive:
+                r["status"] = "offline"
+                r["current_task_id"] = None
+                r["project_id_of_current_task"] = None
+            out.append(r)
+        return out

@@ -1,0 +1,1 @@
+"""Model-facing generation code: tiny offline models and per-task generation functions."""

@@ -1,0 +1,5 @@
+"""Exceptions raised by generation code."""
+
+
+class GenerationCancelled(Exception):
+    """The task was cancelled; generation stopped at the end of a denoising step."""

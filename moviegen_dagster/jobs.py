@@ -1,0 +1,18 @@
+"""One job per task type; each run materializes one partition of one media asset."""
+
+import dagster as dg
+
+from moviegen_dagster.assets.character_image import character_image
+from moviegen_dagster.partitions import scenes
+
+# In-process executor: the whole run executes inside the worker's prefork child, next to the
+# models it already loaded.
+generate_image = dg.define_asset_job(
+    name="generate_image",
+    selection=[character_image],
+    partitions_def=scenes,
+    executor_def=dg.in_process_executor,
+    description="Generate a character design image for one task (launched by the API).",
+)
+
+TASK_JOBS = {"generate_image": generate_image}

@@ -1,0 +1,160 @@
+"""One typed settings class for every MovieGen process, read from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelProfile = Literal["tiny", "gpu"]
+WorkerType = Literal["gpu_heavy", "gpu_light"]
+
+# Which worker type (and so which Celery queue) runs each task type.
+WORKER_TYPE_BY_TASK: dict[str, WorkerType] = {
+    "generate_video": "gpu_heavy",
+    "generate_image": "gpu_light",
+    "process_audio": "gpu_light",
+}
+
+
+class Settings(BaseSettings):
+    """Configuration of the API, the Dagster processes and the workers (see README's table)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Where the embedded stack keeps its state (database files, sockets, media, DAGSTER_HOME).
+    moviegen_home: Path = Field(default=Path(".var"), alias="MOVIEGEN_HOME")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+
+    api_host: str = Field(default="127.0.0.1", alias="MOVIEGEN_API_HOST")
+    api_port: int = Field(default=8001, alias="MOVIEGEN_API_PORT")
+    dagster_host: str = Field(default="127.0.0.1", alias="MOVIEGEN_DAGSTER_HOST")
+    dagster_port: int = Field(default=3000, alias="MOVIEGEN_DAGSTER_PORT")
+    public_base_url: str | None = Field(default=None, alias="MOVIEGEN_PUBLIC_BASE_URL")
+
+    api_keys: SecretStr = Field(default=SecretStr(""), alias="MOVIEGEN_API_KEYS")
+    admin_key: SecretStr | None = Field(default=None, alias="MOVIEGEN_ADMIN_KEY")
+
+    # "gpu_heavy=1,gpu_light=1": worker slots per worker type; each slot is one prefork child.
+    workers: str = Field(default="gpu_heavy=1,gpu_light=1", alias="MOVIEGEN_WORKERS")
+    model_profile: ModelProfile = Field(default="tiny", alias="MOVIEGEN_MODEL_PROFILE")
+    models_dir: Path | None = Field(default=None, alias="MOVIEGEN_MODELS_DIR")
+    image_model: str | None = Field(default=None, alias="MOVIEGEN_IMAGE_MODEL")
+    image_model_revision: str | None = Field(default=None, alias="MOVIEGEN_IMAGE_MODEL_REVISION")
+    image_steps: int = Field(default=0, alias="MOVIEGEN_IMAGE_STEPS", ge=0, le=200)
+    device: str = Field(default="cpu", alias="MOVIEGEN_DEVICE")
+    dtype: str = Field(default="float32", alias="MOVIEGEN_DTYPE")
+    model_pool_size: int = Field(default=2, alias="MOVIEGEN_MODEL_POOL_SIZE", ge=1)
+
+    media_dir: Path | None = Field(default=None, alias="MOVIEGEN_MEDIA_DIR")
+
+    max_body_bytes: int = Field(default=1_048_576, alias="MOVIEGEN_MAX_BODY_BYTES")
+    max_metadata_bytes: int = Field(default=16_384, alias="MOVIEGEN_MAX_METADATA_BYTES")
+
+    # Dispatch: the reconcile sensor adopts tasks the API's fast path left without a run.
+    reconcile_after_seconds: float = Field(default=10.0, alias="MOVIEGEN_RECONCILE_AFTER_SECONDS")
+    dequeue_interval_seconds: int = Field(
+        default=1, ge=0, alias="MOVIEGEN_DEQUEUE_INTERVAL_SECONDS"
+    )
+    heartbeat_seconds: float = Field(default=2.0, alias="MOVIEGEN_HEARTBEAT_SECONDS")
+    # A worker silent for this long is dead: its run is failed and retried.
+    worker_dead_after_seconds: float = Field(
+        default=15.0, alias="MOVIEGEN_WORKER_DEAD_AFTER_SECONDS"
+    )
+    run_max_retries: int = Field(default=2, alias="MOVIEGEN_RUN_MAX_RETRIES", ge=0, le=10)
+    max_runtime_image_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_IMAGE")
+    max_runtime_video_seconds: int = Field(default=7200, alias="MOVIEGEN_MAX_RUNTIME_VIDEO")
+    max_runtime_audio_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_AUDIO")
+
+    # Fault injection for tests only: "generate_image:fail_once" and the like (see faults.py).
+    fault_injection: str = Field(default="", alias="MOVIEGEN_FAULT_INJECTION")
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, value: str) -> str:
+        parse_workers(value)
+        return value
+
+    @property
+    def home(self) -> Path:
+        """Absolute state directory."""
+        return self.moviegen_home.resolve()
+
+    @property
+    def dagster_home(self) -> Path:
+        """DAGSTER_HOME of every process of this stack."""
+        return self.home / "dagster"
+
+    @property
+    def media_root(self) -> Path:
+        """Local media store root (embedded default)."""
+        return (self.media_dir or self.home / "media").resolve()
+
+    @property
+    def model_root(self) -> Path:
+        """Directory holding locally built or downloaded model weights."""
+        return (self.models_dir or self.home / "models").resolve()
+
+    @property
+    def worker_slots(self) -> dict[str, int]:
+        """Worker slots per worker type."""
+        return parse_workers(self.workers)
+
+    @property
+    def api_base_url(self) -> str:
+        """Base URL under which clients reach the API (media URLs are built on it)."""
+        return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def dagster_url(self) -> str:
+        """Base URL of dagster-webserver (UI and GraphQL)."""
+        return f"http://{self.dagster_host}:{self.dagster_port}"
+
+    def require_database_url(self) -> str:
+        """The PostgreSQL URL (the embedded stack exports it before starting processes)."""
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set; start the stack with `make up`")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        """The Redis URL (the embedded stack exports it before starting processes)."""
+        if not self.redis_url:
+            raise RuntimeError("REDIS_URL is not set; start the stack with `make up`")
+        return self.redis_url
+
+    def image_model_ref(self) -> str:
+        """Model id or local path of the image pipeline for the active profile."""
+        if self.image_model:
+            return self.image_model
+        if self.model_profile == "tiny":
+            return str(self.model_root / "tiny-image")
+        return "black-forest-labs/FLUX.2-klein-4B"
+
+    def max_runtime_for(self, task_type: str) -> int:
+        """Maximum run time in seconds for a task type (dagster/max_runtime)."""
+        return {
+            "generate_video": self.max_runtime_video_seconds,
+            "generate_image": self.max_runtime_image_seconds,
+            "process_audio": self.max_runtime_audio_seconds,
+        }[task_type]
+
+
+def parse_workers(spec: str) -> dict[str, int]:
+    """Parse "gpu_heavy=1,gpu_light=2" into slots per worker type."""
+    slots: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition("=")
+        if name not in ("gpu_heavy", "gpu_light") or not count.isdigit():
+            raise ValueError(f"MOVIEGEN_WORKERS: bad entry {part!r} (want gpu_heavy=N,gpu_light=N)")
+        slots[name] = int(count)
+    return slots
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()

