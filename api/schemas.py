@@ -23,10 +23,12 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from moviegen_dagster import store
+from moviegen_dagster.ids import ID_PATTERN as ID_PATTERN_RE
+from moviegen_dagster.ids import ID_REGEX
 
 # Project and subject ids: also the media-key and partition-key segments, so no "/" or "..".
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ID_PATTERN = ID_REGEX
+_ID_RE = ID_PATTERN_RE
 
 TaskType = Literal["generate_video", "generate_image", "process_audio"]
 TaskState = Literal["queued", "processing", "completed", "failed", "cancelled"]

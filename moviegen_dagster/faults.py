@@ -1,9 +1,8 @@
-"""Fault injection for tests, configured by MOVIEGEN_FAULT_INJECTION; inert when unset.
+"""Fault injection for tests, switched on by MOVIEGEN_FAULT_INJECTION=1; inert otherwise.
 
-Format: comma-separated `stage:mode` entries. Only tasks whose task_data mentions the word
-FAULT are affected, so one test can break one task while others run normally. Modes:
-`always` fails every attempt; `first_attempt` fails only the task's first attempt (a retry
-then succeeds).
+Only tasks whose task_data carries a marker are affected, so one test can break one task
+while the others run normally: `FAULT_ALWAYS` fails every attempt, `FAULT_ONCE` fails only
+the task's first attempt (a retry then succeeds).
 """
 
 from __future__ import annotations
@@ -18,13 +17,9 @@ class InjectedFault(RuntimeError):
 
 
 def maybe_inject(task: dict[str, Any], stage: str) -> None:
-    """Raise InjectedFault when the environment asks for one at this stage for this task."""
-    spec = os.environ.get("MOVIEGEN_FAULT_INJECTION", "")
-    if not spec or "FAULT" not in json.dumps(task.get("task_data", {})):
+    """Raise InjectedFault at this stage when fault injection is on and the task is marked."""
+    if os.environ.get("MOVIEGEN_FAULT_INJECTION") != "1":
         return
-    for entry in filter(None, (e.strip() for e in spec.split(","))):
-        where, _, mode = entry.partition(":")
-        if where != stage:
-            continue
-        if mode == "always" or (mode == "first_attempt" and int(task.get("attempt", 1)) == 1):
-            raise InjectedFault(f"injected fault at {stage} ({mode})")
+    data = json.dumps(task.get("task_data", {}))
+    if "FAULT_ALWAYS" in data or ("FAULT_ONCE" in data and int(task.get("attempt", 1)) == 1):
+        raise InjectedFault(f"injected fault at {stage}")

@@ -100,14 +100,24 @@ def authenticate(conn: psycopg.Connection[Any], raw: str) -> Caller | None:
 
 def seed_keys(conn: psycopg.Connection[Any], spec: str, admin_key: str | None) -> int:
     """Seed keys from MOVIEGEN_API_KEYS ("key1:project_a,key2:project_b") and the admin key."""
+    from moviegen_dagster.ids import ID_PATTERN
+
     count = 0
     for part in filter(None, (p.strip() for p in spec.split(","))):
         raw, sep, project = part.rpartition(":")
-        if not sep or not raw or not project:
+        if not sep or not raw or not ID_PATTERN.fullmatch(project):
             raise ValueError("MOVIEGEN_API_KEYS entries must look like key:project_id")
-        store_key(conn, raw, f"seed:{project}", project)
-        count += 1
+        count += _seed(conn, raw, f"seed:{project}", project)
     if admin_key:
-        store_key(conn, admin_key, "seed:admin", None)
-        count += 1
+        count += _seed(conn, admin_key, "seed:admin", None)
     return count
+
+
+def _seed(conn: psycopg.Connection[Any], raw: str, name: str, project_id: str | None) -> int:
+    """Insert a seeded key once; a key revoked since stays revoked across restarts."""
+    cur = conn.execute(
+        "INSERT INTO moviegen.api_keys (key_hash, name, project_id) VALUES (%s, %s, %s) "
+        "ON CONFLICT (key_hash) DO NOTHING",
+        (hash_key(raw), name, project_id),
+    )
+    return cur.rowcount

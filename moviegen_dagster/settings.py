@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     max_runtime_video_seconds: int = Field(default=7200, alias="MOVIEGEN_MAX_RUNTIME_VIDEO")
     max_runtime_audio_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_AUDIO")
 
-    # Fault injection for tests only: "generate_image:fail_once" and the like (see faults.py).
-    fault_injection: str = Field(default="", alias="MOVIEGEN_FAULT_INJECTION")
+    # Fault injection for tests only (see faults.py): "1" arms the FAULT_* markers.
+    fault_injection: bool = Field(default=False, alias="MOVIEGEN_FAULT_INJECTION")
 
     @field_validator("workers")
     @classmethod

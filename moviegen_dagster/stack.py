@@ -82,6 +82,7 @@ class Stack:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
         self.pg: Any = None
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.home = settings.home
@@ -120,6 +121,7 @@ class Stack:
 
     # -- processes -------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.commands[name] = (args, env)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
         proc = subprocess.Popen(
             args,
@@ -265,6 +267,22 @@ class Stack:
             return bool(api.json().get("components", {}).get("workers") == "healthy")
 
         _wait_for(ready, timeout, "the stack")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one child's process group and wait for it (fault tests)."""
+        for i, (pname, proc) in enumerate(self.procs):
+            if pname == name:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                proc.wait(timeout=30)
+                del self.procs[i]
+                return
+        raise KeyError(name)
+
+    def respawn(self, name: str) -> None:
+        """Start a child again with the command it was first started with."""
+        args, env = self.commands[name]
+        self._spawn(name, args, env)
 
     def check_alive(self) -> None:
         """Raise if a child process exited."""

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_KINDS = {"images", "videos", "audio"}
-CONTENT_TYPES = {"jpg": "image/jpeg", "mp4": "video/mp4", "mp3": "audio/mpeg"}
+from moviegen_dagster.ids import CONTENT_TYPES, media_key
 
-
-def media_key(project_id: str, kind: str, task_id: str, ext: str) -> str:
-    """`{project_id}/{kind}/{task_id}.{ext}`, validated so no key can leave its project."""
-    if not _ID.fullmatch(project_id):
-        raise ValueError(f"project_id {project_id!r} is not a valid id")
-    if kind not in _KINDS:
-        raise ValueError(f"unknown media kind {kind!r}")
-    if not re.fullmatch(r"[0-9a-f-]{36}", task_id):
-        raise ValueError(f"task_id {task_id!r} is not a uuid")
-    if ext not in CONTENT_TYPES:
-        raise ValueError(f"unknown media extension {ext!r}")
-    return f"{project_id}/{kind}/{task_id}.{ext}"
+__all__ = ["CONTENT_TYPES", "LocalMediaStore", "MediaStore", "media_key"]
 
 
 class MediaStore(dg.ConfigurableResource):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -10,15 +9,11 @@ from fastapi.responses import FileResponse
 
 from api.deps import SettingsDep
 from api.errors import ERROR_RESPONSES, ApiError
+from moviegen_dagster.ids import CONTENT_TYPES
+from moviegen_dagster.ids import MEDIA_KEY_PATTERN as _KEY_RE
 
 router = APIRouter(tags=["media"], responses=ERROR_RESPONSES)
 
-# Keys are `{project_id}/{kind}/{task uuid}.{ext}` (resources/media_store.py: media_key). Kept
-# here rather than imported because that module imports dagster, which the API process avoids.
-CONTENT_TYPES = {"jpg": "image/jpeg", "mp4": "video/mp4", "mp3": "audio/mpeg"}
-_KEY_RE = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/(?:images|videos|audio)/[0-9a-f-]{36}\.(jpg|mp4|mp3)"
-)
 MEDIA_NOT_FOUND = "media not found"
 
 

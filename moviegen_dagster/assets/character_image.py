@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 
+from moviegen_dagster import worker_state
 from moviegen_dagster.assets.common import OOM_RETRY, should_stop, task_run
 from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
@@ -38,7 +39,8 @@ def character_image(
 
         report(0.05, "loading_model", force=True)
         t0 = time.monotonic()
-        pipe = models.pool().get_pipeline(
+        pool = models.pool()
+        pipe = pool.get_pipeline(
             kind="image",
             model=catalog.image_model,
             revision=catalog.image_revision,
@@ -93,6 +95,10 @@ def character_image(
                 "resolution": meta["resolution"],
                 "file_size": len(image.jpeg),
                 "model_load_seconds": round(load_s, 3),
+                # How often this worker process has loaded any pipeline: stays 1 while the
+                # model is resident, which is the point of long-lived workers.
+                "pipeline_loads": pool.load_count(),
+                "worker": worker_state.current.worker_id if worker_state.current else "in-process",
                 "generation_seconds": round(image.generation_seconds, 3),
                 "upload_seconds": round(upload_s, 3),
                 "total_seconds": round(time.monotonic() - run.started, 3),
