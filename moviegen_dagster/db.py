@@ -51,7 +51,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX tasks_open ON moviegen.tasks (priority, created_at)
             WHERE status IN ('queued', 'processing');
         CREATE INDEX tasks_unlaunched ON moviegen.tasks (created_at)
-            WHERE run_id IS NULL AND status = 'queued';
+            WHERE run_id IS NULL;
         CREATE TABLE moviegen.workers (
             worker_id        text PRIMARY KEY,
             worker_type      text NOT NULL,

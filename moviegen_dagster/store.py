@@ -198,17 +198,22 @@ def set_run(conn: psycopg.Connection[Any], task_id: uuid.UUID, run_id: str) -> N
 
 
 def report_progress(
-    conn: psycopg.Connection[Any], task_id: str, progress: float, step: str
+    conn: psycopg.Connection[Any], task_id: str, run_id: str, progress: float, step: str
 ) -> None:
-    """Move an open task's progress forward (never backwards) and name its current step."""
+    """Move an open task's progress forward (never backwards) and name its current step.
+
+    The run records itself on the task too, so a run launched by the reconciler for a task
+    whose launcher died is linked at once.
+    """
     conn.execute(
         """
         UPDATE moviegen.tasks
         SET progress = GREATEST(progress, %s), current_step = %s, updated_at = now(),
-            status = 'processing', started_at = COALESCE(started_at, now())
+            status = 'processing', started_at = COALESCE(started_at, now()),
+            run_id = COALESCE(run_id, %s)
         WHERE task_id = %s AND status IN ('queued', 'processing')
         """,
-        (min(max(progress, 0.0), 1.0), step, uuid.UUID(task_id)),
+        (min(max(progress, 0.0), 1.0), step, run_id, uuid.UUID(task_id)),
     )
 
 
@@ -311,11 +316,11 @@ def reopen_for_retry(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> Row |
 
 
 def unlaunched(conn: psycopg.Connection[Any], older_than_s: float, limit: int = 50) -> list[Row]:
-    """Queued tasks without a run for a while, locked so only one reconciler takes each."""
+    """Open tasks without a run for a while, locked so only one reconciler takes each."""
     return conn.execute(
         f"""
         SELECT {TASK_COLUMNS} FROM moviegen.tasks
-        WHERE run_id IS NULL AND status = 'queued'
+        WHERE run_id IS NULL AND status IN ('queued', 'processing')
           AND created_at < now() - make_interval(secs => %s)
         ORDER BY priority, created_at
         LIMIT %s

@@ -48,10 +48,10 @@ class TaskStateResource(dg.ConfigurableResource):
                 (psycopg.types.json.Jsonb({"code": code, "message": message}), uuid.UUID(task_id)),
             )
 
-    def write_progress(self, task_id: str, progress: float, step: str) -> None:
+    def write_progress(self, task_id: str, run_id: str, progress: float, step: str) -> None:
         """One progress write."""
         with self._conn() as conn:
-            store.report_progress(conn, task_id, progress, step)
+            store.report_progress(conn, task_id, run_id, progress, step)
 
 
 class ProgressReporter:
@@ -74,5 +74,5 @@ class ProgressReporter:
             return
         self._last_write = now
         self._last_step = step
-        self._state.write_progress(self._task_id, self.value, step)
+        self._state.write_progress(self._task_id, self._context.run_id, self.value, step)
         self._context.log.info(f"progress {self.value:.2f} {step}")

@@ -104,6 +104,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         "MOVIEGEN_FAULT_INJECTION": "1",
         "MOVIEGEN_RECONCILE_AFTER_SECONDS": "3",
         "MOVIEGEN_DEQUEUE_INTERVAL_SECONDS": "0",
+        "MOVIEGEN_WORKER_DEAD_AFTER_SECONDS": "6",
     }
     for name in ("DATABASE_URL", "REDIS_URL", "MOVIEGEN_ADMIN_KEY", "DAGSTER_HOME"):
         os.environ.pop(name, None)

@@ -49,6 +49,9 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
             allow_retries=False,
         )
     task = state.load(task_id)
+    if task["status"] not in ("queued", "processing"):
+        # Cancelled (or otherwise finished) before this run started: never do the work.
+        raise dg.Failure(f"task {task_id} is already {task['status']}", allow_retries=False)
     report = state.reporter(context.op_execution_context, task_id)
     worker_state.claim(task_id, context.run_id)
     completed = False
