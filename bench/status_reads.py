@@ -268,7 +268,7 @@ def status_paths(seeded: Seeded, ids: list[str]) -> list[tuple[str, str]]:
     return [(seeded.tasks[t][0], f"/api/v1/tasks/{t}/status") for t in ids]
 
 
-def explain(database_url: str, project: str, some_id: str) -> dict[str, float]:
+def explain(database_url: str, project: str, some_id: str) -> dict[str, Any]:
     """Execution time (ms) of the listing's and the status read's queries, from EXPLAIN."""
     import psycopg
 

@@ -115,10 +115,13 @@ class Settings(BaseSettings):
         return f"http://{self.dagster_host}:{self.dagster_port}"
 
     def require_database_url(self) -> str:
-        """The PostgreSQL URL (the embedded stack exports it before starting processes)."""
-        if not self.database_url:
-            raise RuntimeError("DATABASE_URL is not set; start the stack with `make up`")
-        return self.database_url
+        """The PostgreSQL URL: DATABASE_URL, else the running embedded server's socket."""
+        if self.database_url:
+            return self.database_url
+        pgdata = self.home / "pg"
+        if (pgdata / "postmaster.pid").exists():
+            return f"postgresql://postgres:@/postgres?host={pgdata}"
+        raise RuntimeError("DATABASE_URL is not set and no embedded stack runs; run `make up`")
 
     def require_redis_url(self) -> str:
         """The Redis URL (the embedded stack exports it before starting processes)."""

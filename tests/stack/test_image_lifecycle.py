@@ -139,3 +139,19 @@ def test_completed_task_is_listed_newest_first(running_stack: RunningStack) -> N
     assert all(
         t["status"] == "completed" and t["task_type"] == "generate_image" for t in page["tasks"]
     )
+
+
+def test_listing_converges_to_run_status_without_status_reads(
+    running_stack: RunningStack,
+) -> None:
+    """The sync sensor, not the status route, keeps listed statuses in line with Dagster."""
+    with running_stack.client() as client:
+        task_id = running_stack.submit_image(client)["task_id"]
+
+        def listed_completed() -> bool:
+            page = client.get(
+                f"/api/v1/projects/{PROJECT_A}/tasks", params={"status": "completed", "limit": 100}
+            ).json()
+            return any(t["task_id"] == task_id for t in page["tasks"])
+
+        poll(listed_completed, timeout=120, interval=0.5)
