@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import dagster as dg
@@ -14,7 +15,21 @@ import dagster as dg
 # (FLUX.2-klein today; SDXL or FLUX.1 load the same way).
 PIPELINE_CLASSES: dict[str, tuple[str, str]] = {
     "image": ("diffusers", "DiffusionPipeline"),
+    "video": ("diffusers", "DiffusionPipeline"),
+    "ambience": ("diffusers", "DiffusionPipeline"),
 }
+
+# Loaders for kinds that are not a single diffusers pipeline (e.g. a transformers TTS model and
+# its processor); generation modules register theirs at import. Each takes the pool key and
+# returns the loaded object, already on key.device.
+Loader = Callable[["PoolKey"], Any]
+LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(kind: str, loader: Loader) -> None:
+    """Teach the pool how to load a kind (idempotent)."""
+    LOADERS[kind] = loader
+
 
 # Accepted dtype names, checked without importing torch.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -93,8 +108,9 @@ class ModelPool:
         self, kind: str, model: str, revision: str | None, dtype: str, device: str
     ) -> Any:
         """Return the resident pipeline for these arguments, loading it once if needed."""
-        if kind not in PIPELINE_CLASSES:
-            raise ValueError(f"kind: must be one of {', '.join(PIPELINE_CLASSES)}, got {kind!r}")
+        if kind not in PIPELINE_CLASSES and kind not in LOADERS:
+            known = ", ".join([*PIPELINE_CLASSES, *LOADERS])
+            raise ValueError(f"kind: must be one of {known}, got {kind!r}")
         if not model:
             raise ValueError("model: a model id or local path is required")
         _check_dtype(dtype)
@@ -120,6 +136,11 @@ class ModelPool:
 
         import torch
 
+        if key.kind in LOADERS:
+            started = time.perf_counter()
+            loaded = LOADERS[key.kind](key)
+            self.load_seconds[key] = time.perf_counter() - started
+            return loaded
         module_name, class_name = PIPELINE_CLASSES[key.kind]
         pipeline_class = getattr(importlib.import_module(module_name), class_name)
         started = time.perf_counter()
