@@ -10,6 +10,7 @@ every 10 ms from the submit response on. Also reports the dagster-daemon's idle 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from bench.common import (
     TERMINAL,
     LoadMonitor,
     bench_stack,
+    cpu_seconds_tree,
     idle_cpu_all,
     image_body,
     machine,
@@ -28,6 +30,7 @@ from bench.common import (
     wait_terminal,
     write_results,
 )
+from bench.worker_overhead import materialization
 
 NAME = "dispatch_latency"
 POLL_S = 0.010
@@ -66,6 +69,11 @@ def one_task(client: Any) -> dict[str, Any]:
     }
 
 
+def _median(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
+
+
 def run_mode(interval: int, tasks: int) -> dict[str, Any]:
     """Start a stack with this dequeue interval and measure `tasks` dispatches."""
     print(f"\n-- MOVIEGEN_DEQUEUE_INTERVAL_SECONDS={interval}: starting stack", flush=True)
@@ -73,10 +81,12 @@ def run_mode(interval: int, tasks: int) -> dict[str, Any]:
     with bench_stack(workers=ONE_WORKER, extra_env=extra) as bs:
         print(f"   stack up in {bs.startup_seconds}s", flush=True)
         load = LoadMonitor()
+        daemon_pid = bs.pid("dagster-daemon")
         with bs.client() as client:
             # One warm-up task: the slot's first run loads the pipeline and imports code.
             warm = one_task(client)
             samples = []
+            cpu0, t_phase = cpu_seconds_tree(daemon_pid), time.monotonic()
             for i in range(tasks):
                 samples.append(one_task(client))
                 load.sample()
@@ -86,6 +96,20 @@ def run_mode(interval: int, tasks: int) -> dict[str, Any]:
                     f" ({last['status_reads']} reads), {last['final_status']}",
                     flush=True,
                 )
+            cpu1, t_phase = cpu_seconds_tree(daemon_pid), time.monotonic() - t_phase
+        # Daemon CPU while tasks ran (its loop work grows with the runs it looks at).
+        busy_cpu = {
+            "main_cpu_pct": round(100 * (cpu1[daemon_pid] - cpu0[daemon_pid]) / t_phase, 1),
+            "tree_cpu_pct": round(
+                100 * sum(cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0) / t_phase, 1
+            ),
+        }
+        instance = bs.instance()
+        for sample in samples:
+            md = materialization(instance, sample["task_id"])
+            for key in ("generation_seconds", "total_seconds", "dagster_run_seconds"):
+                sample[key] = md.get(key)
+        instance.dispose()
         time.sleep(2)
         idle = idle_cpu_all(bs, 10.0)
         problems = bs.log_problems()
@@ -103,6 +127,16 @@ def run_mode(interval: int, tasks: int) -> dict[str, Any]:
         "status_reads_per_task": summary([s["status_reads"] for s in samples], 1, 1),
         "not_completed": sum(1 for s in samples if s["final_status"] != "completed"),
         "idle_cpu_10s": idle,
+        "daemon_cpu_while_tasks_ran": busy_cpu,
+        "median_s": {
+            key: _median([s.get(key) for s in samples])
+            for key in (
+                "submit_to_completed_s",
+                "generation_seconds",
+                "total_seconds",
+                "dagster_run_seconds",
+            )
+        },
         "load": load.report(),
         "log_problems": problems,
         "samples": samples,
@@ -123,6 +157,7 @@ def main() -> None:
         lat = mode["to_processing_ms"]
         daemon = mode["idle_cpu_10s"]["dagster-daemon"]
         server = mode["server_created_to_started_ms"]
+        busy = mode["daemon_cpu_while_tasks_ran"]
         print_kv(
             f"dispatch latency, dequeue interval {key}s ({mode['tasks']} tasks)",
             [
@@ -133,6 +168,15 @@ def main() -> None:
                 (
                     "daemon idle CPU (main / with children)",
                     f"{daemon['main_cpu_pct']}% / {daemon['tree_cpu_pct']}%",
+                ),
+                (
+                    "daemon CPU while tasks ran (main / with children)",
+                    f"{busy['main_cpu_pct']}% / {busy['tree_cpu_pct']}%",
+                ),
+                (
+                    "median submit->completed / generation_seconds",
+                    f"{mode['median_s']['submit_to_completed_s']} s / "
+                    f"{mode['median_s']['generation_seconds']} s",
                 ),
                 ("load1 min..max", f"{mode['load']['load1_min']}..{mode['load']['load1_max']}"),
             ],

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
 
     media_dir: Path | None = Field(default=None, alias="MOVIEGEN_MEDIA_DIR")
 
+    # URL inputs: private/loopback hosts are refused unless listed (hosts or CIDRs).
+    url_allowlist: str = Field(default="", alias="MOVIEGEN_URL_ALLOWLIST")
+    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, alias="MOVIEGEN_FETCH_MAX_BYTES")
+    fetch_timeout_seconds: float = Field(default=30.0, alias="MOVIEGEN_FETCH_TIMEOUT_SECONDS")
+
     max_body_bytes: int = Field(default=1_048_576, alias="MOVIEGEN_MAX_BODY_BYTES")
     max_metadata_bytes: int = Field(default=16_384, alias="MOVIEGEN_MAX_METADATA_BYTES")
 
