@@ -93,7 +93,7 @@ def test_allowlisted_server_is_fetched_and_redirects_are_followed(server: str) -
     ],
 )
 def test_refused_destinations_name_the_input(url: str) -> None:
-    with pytest.raises(FetchError, match="^storyboard_images\\[0\\]"):
+    with pytest.raises(FetchError, match=r"^storyboard_images\[0\]"):
         fetch(url, "storyboard_images[0]", Allowlist(), 1000, timeout=5)
 
 
