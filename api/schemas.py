@@ -17,11 +17,13 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic import HttpUrl as _HttpUrl
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
+from api.task_data import validate_task_data
 from moviegen_dagster import store
 from moviegen_dagster.ids import ID_PATTERN as ID_PATTERN_RE
 from moviegen_dagster.ids import ID_REGEX
@@ -219,6 +221,11 @@ class TaskSubmit(BaseModel):
                     raise _bound_error(f"metadata.{key}", f"must be a string matching {ID_PATTERN}")
         # The byte limit is a setting; the route checks it (validators cannot see settings).
         return value
+
+    @model_validator(mode="after")
+    def _check_task_data_for_type(self) -> TaskSubmit:
+        self.task_data = validate_task_data(self.task_type, self.task_data)
+        return self
 
     def to_new_task(self) -> store.NewTask:
         """The store's view of this submission, with its partition key."""

@@ -43,15 +43,27 @@ def make_project(conn: psycopg.Connection[Any]) -> Project:
     return Project(project_id, raw)
 
 
+# Minimal valid task_data per task type (the quickstart's examples).
+VALID_TASK_DATA: dict[str, dict[str, Any]] = {
+    "generate_video": {
+        "storyboard_images": ["https://example.com/frame1.jpg"],
+        "scene_description": "Detective enters the dark alley",
+    },
+    "generate_image": {"character_description": "Detective in 1920s noir style"},
+    "process_audio": {
+        "text": "I have been expecting you, detective.",
+        "character_voice_profile": "https://example.com/detective_voice.wav",
+    },
+}
+
+
 def submission(project_id: str, **overrides: Any) -> dict[str, Any]:
     """A valid submission (the contract's video example), with overrides."""
+    task_type = overrides.get("task_type", "generate_video")
     body: dict[str, Any] = {
         "project_id": project_id,
         "task_type": "generate_video",
-        "task_data": {
-            "storyboard_images": ["https://example.com/frame1.jpg"],
-            "scene_description": "Detective enters the dark alley",
-        },
+        "task_data": dict(VALID_TASK_DATA.get(task_type, VALID_TASK_DATA["generate_video"])),
         "priority": 1,
         "callback_url": "https://main-app.com/api/webhooks/task-complete",
         "metadata": {"user_id": "user123", "agent_id": "video_agent", "scene_id": "scene_005"},

@@ -52,7 +52,15 @@ def test_stored_request(
         "SELECT * FROM moviegen.tasks WHERE task_id = %s", (uuid.UUID(task_id),)
     ).fetchone()
     assert row is not None
-    assert row["task_data"] == body["task_data"]
+    # Stored normalised: the submitted fields plus the type's documented defaults.
+    assert row["task_data"] == {
+        **body["task_data"],
+        "duration": 7.0,
+        "resolution": "1920x1080",
+        "fps": 24,
+        "character_positions": [],
+        "audio_cues": [],
+    }
     assert row["metadata"] == body["metadata"]
     assert row["callback_url"] == body["callback_url"]
     assert row["priority"] == 1
@@ -63,7 +71,10 @@ def test_defaults(client: TestClient, conn: psycopg.Connection[Any], project: Pr
     body = {
         "project_id": project.project_id,
         "task_type": "process_audio",
-        "task_data": {"text": "I have been expecting you, detective."},
+        "task_data": {
+            "text": "I have been expecting you, detective.",
+            "character_voice_profile": "https://example.com/detective_voice.wav",
+        },
     }
     task_id = _post(client, project, body).json()["task_id"]
     row = conn.execute(
@@ -81,9 +92,11 @@ def test_defaults(client: TestClient, conn: psycopg.Connection[Any], project: Pr
 
 def test_queue_position_follows_priority(client: TestClient, project: Project) -> None:
     # Other tests' queued image/audio tasks share the queue; compare positions, not values.
-    low = submit(client, project, task_type="generate_image", priority=9, metadata={})
+    low1 = submit(client, project, task_type="generate_image", priority=9, metadata={})
+    low2 = submit(client, project, task_type="generate_image", priority=9, metadata={})
     urgent = submit(client, project, task_type="generate_image", priority=1, metadata={})
-    assert urgent["queue_position"] < low["queue_position"]
+    assert low2["queue_position"] == low1["queue_position"] + 1
+    assert urgent["queue_position"] < low2["queue_position"]
 
 
 def test_foreign_project_is_403(
@@ -224,9 +237,9 @@ def test_task_data_bounds(
 
 def test_task_data_within_bounds_is_accepted(client: TestClient, project: Project) -> None:
     task_data = {
-        "storyboard_images": ["x" * 4000] * 8,
-        "positions": list(range(64)),
-        "deep": _nested(7),
+        "storyboard_images": ["https://example.com/" + "x" * 2000] * 16,
+        "scene_description": "x" * 2000,
+        "character_positions": ["p" * 100] * 16,
     }
     resp = _post(client, project, submission(project.project_id, task_data=task_data))
     assert resp.status_code == 202, resp.text

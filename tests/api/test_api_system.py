@@ -89,7 +89,11 @@ def test_dispatcher_unavailable_is_503(
     dispatcher.fail_with = dispatch.Unavailable("broker down")
     resp = client.post(
         "/api/v1/tasks/submit",
-        json={"project_id": project.project_id, "task_type": "generate_image", "task_data": {}},
+        json={
+            "project_id": project.project_id,
+            "task_type": "generate_image",
+            "task_data": {"character_description": "a detective"},
+        },
         headers=project.headers,
     )
     body = assert_error(resp, 503, "unavailable")
