@@ -96,13 +96,16 @@ def rows_for(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS))
+    parser.add_argument(
+        "--summary-only", action="store_true", help="print the table from existing results"
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
-    started = time.time()
+    started = 0.0 if args.summary_only else time.time()
     t0 = time.monotonic()
     outcome: dict[str, tuple[int, float]] = {}
     for name in names:
-        outcome[name] = run(name)
+        outcome[name] = (0, 0.0) if args.summary_only else run(name)
     print(f"\n\n======== summary (total {time.monotonic() - t0:.0f}s, load now {loadavg()})")
     table: list[tuple[str, str, str]] = []
     for name in names:
@@ -114,7 +117,7 @@ def main() -> None:
         modes: dict[str, Any] = result.get("modes", {})
         first_mode: dict[str, Any] = next(iter(modes.values()), {})
         load = result.get("load") or first_mode.get("load")
-        note = f"{wall:.0f}s"
+        note = f"{wall:.0f}s" if wall else "(from results)"
         if load:
             note += f", load1 {load['load1_min']}..{load['load1_max']}"
         table.append((name, "", note))
