@@ -18,6 +18,8 @@ from moviegen_dagster.settings import WORKER_TYPE_BY_TASK, Settings
 log = logging.getLogger("moviegen.dispatch")
 
 LOCATION = "moviegen"
+# How long a failed run may stay without Dagster's retry decision before it counts as final.
+RETRY_DECISION_GRACE_S = 30.0
 REPOSITORY = "__repository__"
 
 _LAUNCH = """
@@ -77,13 +79,21 @@ def run_tags(row: store.Row, settings: Settings) -> dict[str, str]:
 
 
 def latest_run(instance: Any, row: store.Row) -> Any:
-    """The newest Dagster run carrying this task (retries and re-executions included)."""
+    """The newest Dagster run carrying this task (retries and re-executions included).
+
+    The common case is one primary-key lookup of the recorded run; the tag query (which
+    finds automatic retries and runs the API never recorded) runs only when that run was
+    replaced or is unknown.
+    """
     from dagster import RunsFilter
 
+    run = instance.get_run_by_id(row["run_id"]) if row.get("run_id") else None
+    if run is not None and not (
+        run.status.value == "FAILURE" and run.tags.get(tags.WILL_RETRY) == "true"
+    ):
+        return run
     runs = instance.get_runs(RunsFilter(tags={tags.TASK_ID: str(row["task_id"])}), limit=1)
-    if runs:
-        return runs[0]
-    return instance.get_run_by_id(row["run_id"]) if row.get("run_id") else None
+    return runs[0] if runs else run
 
 
 def _failure_message(instance: Any, run_id: str) -> str:
@@ -109,6 +119,13 @@ def sync_task(conn: psycopg.Connection[Any], instance: Any, row: store.Row) -> s
     run = latest_run(instance, row)
     if run is None:
         return row
+    if run.status.value == "FAILURE" and tags.WILL_RETRY not in run.tags:
+        # Dagster tags a failed run with its retry decision just after recording the failure;
+        # until then the outcome is undecided, and a terminal status must not be guessed.
+        record = instance.get_run_record_by_id(run.run_id)
+        ended = record.end_time if record is not None else None
+        if ended is None or time.time() - ended < RETRY_DECISION_GRACE_S:
+            return row
     will_retry = run.tags.get(tags.WILL_RETRY) == "true"
     status = store.run_to_task_status(run.status.value, will_retry)
     attempt = max(int(row["attempt"]), int(run.tags.get(tags.RETRY_NUMBER, "0")) + 1)
@@ -276,13 +293,13 @@ class Dispatcher:
         return out
 
     def _daemon_health(self) -> str:
+        """Healthy while every daemon this instance requires heartbeats on time."""
+        from dagster._daemon.controller import all_daemons_live
+
         try:
-            beats = self.instance.get_daemon_heartbeats()
+            return "healthy" if all_daemons_live(self.instance) else "degraded"
         except Exception:
             return "degraded"
-        now = time.time()
-        fresh = [b for b in beats.values() if now - b.timestamp < 60]
-        return "healthy" if fresh and len(fresh) == len(beats) else "degraded"
 
     def _live_workers(self) -> int:
         with self.pool.connection(timeout=2) as conn:

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Dispatch: the reconcile sensor adopts tasks the API's fast path left without a run.
     reconcile_after_seconds: float = Field(default=10.0, alias="MOVIEGEN_RECONCILE_AFTER_SECONDS")
     dequeue_interval_seconds: int = Field(
-        default=1, ge=0, alias="MOVIEGEN_DEQUEUE_INTERVAL_SECONDS"
+        default=0, ge=0, alias="MOVIEGEN_DEQUEUE_INTERVAL_SECONDS"
     )
     heartbeat_seconds: float = Field(default=2.0, alias="MOVIEGEN_HEARTBEAT_SECONDS")
     # A worker silent for this long is dead: its run is failed and retried.

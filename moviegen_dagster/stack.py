@@ -201,7 +201,7 @@ class Stack:
         for wtype, slots in s.worker_slots.items():
             if slots <= 0:
                 continue
-            wenv = {**env, "MOVIEGEN_WORKER_TYPE": wtype, "MOVIEGEN_WORKER_NAME": "embedded"}
+            wenv = {**env, "MOVIEGEN_WORKER_TYPE": wtype}
             self._spawn(
                 f"worker-{wtype}",
                 [

@@ -123,12 +123,10 @@ def _resource_usage() -> tuple[float | None, int | None]:
 @signals.worker_process_init.connect
 def _init_slot(**_: Any) -> None:
     """Each prefork child becomes one named slot with its own heartbeat."""
-    from billiard import current_process
-
-    index = getattr(current_process(), "index", os.getpid())
-    name = os.environ.get("MOVIEGEN_WORKER_NAME", "w")
+    # The pid makes a respawned slot a new worker: a killed slot's row, with the run it was
+    # executing, stays behind as evidence for the health check instead of being overwritten.
     slot = worker_state.WorkerSlot(
-        worker_id=f"{WORKER_TYPE}-{socket.gethostname()}-{name}-{index}",
+        worker_id=f"{WORKER_TYPE}-{socket.gethostname()}-{os.getpid()}",
         worker_type=WORKER_TYPE,
     )
     beat = Heartbeat(slot, settings.heartbeat_seconds)

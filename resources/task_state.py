@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -11,6 +13,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from moviegen_dagster import store
+
+# One autocommit connection per database per process, reused across runs.
+_CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}
 
 
 class TaskStateResource(dg.ConfigurableResource):
@@ -20,8 +25,19 @@ class TaskStateResource(dg.ConfigurableResource):
     # Progress writes are throttled: a client polls every few seconds, not every step.
     min_interval_seconds: float = 0.2
 
-    def _conn(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True)
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """This process's connection, opened once (a worker slot writes many small updates)."""
+        conn = _CONNECTIONS.get(self.database_url)
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True)
+            _CONNECTIONS[self.database_url] = conn
+        try:
+            yield conn
+        except psycopg.OperationalError:
+            # A dropped connection is replaced on next use; the caller sees the error once.
+            conn.close()
+            raise
 
     def load(self, task_id: str) -> store.Row:
         """The stored task (request, project, parameters)."""
