@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from moviegen_dagster.assets.character_image import character_image
-from moviegen_dagster.jobs import generate_image
+from moviegen_dagster.assets.dialogue_audio import dialogue_audio
+from moviegen_dagster.jobs import TASK_JOBS
 from moviegen_dagster.settings import Settings, get_settings
 from resources.catalog import ModelCatalog
 from resources.media_store import LocalMediaStore
@@ -16,6 +17,7 @@ from sensors.reconcile import reconcile_tasks, sync_task_status
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The one place that chooses which resource implementations are bound."""
+    tiny = settings.model_profile == "tiny"
     return {
         "task_state": TaskStateResource(database_url=dg.EnvVar("DATABASE_URL")),
         "media_store": LocalMediaStore(
@@ -28,7 +30,12 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             profile=settings.model_profile,
             image_model=settings.image_model_ref(),
             image_revision=settings.image_model_revision,
-            image_steps=settings.image_steps or (4 if settings.model_profile == "tiny" else 28),
+            image_steps=settings.image_steps or 4,
+            tts_model=settings.tts_model_ref(),
+            tts_revision=settings.tts_model_revision,
+            ambience_model=settings.ambience_model_ref(),
+            ambience_revision=settings.ambience_model_revision,
+            ambience_steps=settings.ambience_steps or (8 if tiny else 100),
         ),
     }
 
@@ -36,8 +43,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Definitions for the given settings."""
     return dg.Definitions(
-        assets=[character_image],
-        jobs=[generate_image],
+        assets=[character_image, dialogue_audio],
+        jobs=list(TASK_JOBS.values()),
         sensors=[reconcile_tasks, sync_task_status],
         resources=build_resources(settings),
     )

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from moviegen_dagster.assets.character_image import character_image
+from moviegen_dagster.assets.dialogue_audio import dialogue_audio
 from moviegen_dagster.partitions import scenes
 
 # In-process executor: the whole run executes inside the worker's prefork child, next to the
@@ -15,4 +16,12 @@ generate_image = dg.define_asset_job(
     description="Generate a character design image for one task (launched by the API).",
 )
 
-TASK_JOBS = {"generate_image": generate_image}
+process_audio = dg.define_asset_job(
+    name="process_audio",
+    selection=[dialogue_audio],
+    partitions_def=scenes,
+    executor_def=dg.in_process_executor,
+    description="Synthesize a line of character dialogue for one task (launched by the API).",
+)
+
+TASK_JOBS = {"generate_image": generate_image, "process_audio": process_audio}

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     image_model: str | None = Field(default=None, alias="MOVIEGEN_IMAGE_MODEL")
     image_model_revision: str | None = Field(default=None, alias="MOVIEGEN_IMAGE_MODEL_REVISION")
     image_steps: int = Field(default=0, alias="MOVIEGEN_IMAGE_STEPS", ge=0, le=200)
+    tts_model: str | None = Field(default=None, alias="MOVIEGEN_TTS_MODEL")
+    tts_model_revision: str | None = Field(default=None, alias="MOVIEGEN_TTS_MODEL_REVISION")
+    ambience_model: str | None = Field(default=None, alias="MOVIEGEN_AMBIENCE_MODEL")
+    ambience_model_revision: str | None = Field(
+        default=None, alias="MOVIEGEN_AMBIENCE_MODEL_REVISION"
+    )
+    ambience_steps: int = Field(default=0, alias="MOVIEGEN_AMBIENCE_STEPS", ge=0, le=200)
     device: str = Field(default="cpu", alias="MOVIEGEN_DEVICE")
     dtype: str = Field(default="float32", alias="MOVIEGEN_DTYPE")
     model_pool_size: int = Field(default=2, alias="MOVIEGEN_MODEL_POOL_SIZE", ge=1)
@@ -141,6 +148,22 @@ class Settings(BaseSettings):
         if self.model_profile == "tiny":
             return str(self.model_root / "tiny-image")
         return "black-forest-labs/FLUX.2-klein-4B"
+
+    def tts_model_ref(self) -> str:
+        """Text-to-speech model (zero-shot voice cloning) for the active profile."""
+        if self.tts_model:
+            return self.tts_model
+        if self.model_profile == "tiny":
+            return str(self.model_root / "tiny-tts")
+        return "kyutai/pocket-tts"
+
+    def ambience_model_ref(self) -> str:
+        """Text-to-audio model for ambience and audio cues for the active profile."""
+        if self.ambience_model:
+            return self.ambience_model
+        if self.model_profile == "tiny":
+            return str(self.model_root / "tiny-ambience")
+        return "stabilityai/stable-audio-open-1.0"
 
     def max_runtime_for(self, task_type: str) -> int:
         """Maximum run time in seconds for a task type (dagster/max_runtime)."""

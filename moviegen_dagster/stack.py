@@ -168,13 +168,14 @@ class Stack:
             capture_output=True,
         )
         if self.settings.model_profile == "tiny":
+            # One process builds every tiny model (imports cost more than the builds).
             subprocess.run(
                 [
                     py,
                     "-m",
                     "moviegen_dagster.generation",
-                    "build-tiny",
-                    str(self.settings.model_root / "tiny-image"),
+                    "build-all-tiny",
+                    str(self.settings.model_root),
                 ],
                 env=env,
                 cwd=REPO_ROOT,

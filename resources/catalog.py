@@ -12,3 +12,8 @@ class ModelCatalog(dg.ConfigurableResource):
     image_model: str
     image_revision: str | None = None
     image_steps: int = 4
+    tts_model: str
+    tts_revision: str | None = None
+    ambience_model: str
+    ambience_revision: str | None = None
+    ambience_steps: int = 8

@@ -105,6 +105,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         "MOVIEGEN_RECONCILE_AFTER_SECONDS": "3",
         "MOVIEGEN_DEQUEUE_INTERVAL_SECONDS": "0",
         "MOVIEGEN_WORKER_DEAD_AFTER_SECONDS": "6",
+        "MOVIEGEN_URL_ALLOWLIST": "127.0.0.1",
     }
     for name in ("DATABASE_URL", "REDIS_URL", "MOVIEGEN_ADMIN_KEY", "DAGSTER_HOME"):
         os.environ.pop(name, None)

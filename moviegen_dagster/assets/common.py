@@ -12,6 +12,8 @@ import dagster as dg
 
 from moviegen_dagster import faults, tags, worker_state
 from moviegen_dagster.generation.errors import GenerationCancelled
+from moviegen_dagster.ids import CONTENT_TYPES, media_key
+from resources.media_store import MediaStore
 from resources.task_state import ProgressReporter, TaskStateResource
 
 # Out-of-memory is the one error worth retrying in place; the retry policy backs off with
@@ -69,6 +71,9 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
             _free_gpu_memory()
             state.save_error(task_id, "out_of_memory", f"GPU out of memory: {exc}")
             raise dg.RetryRequested(max_retries=OOM_RETRY.max_retries, seconds_to_wait=2) from exc
+        if isinstance(exc, ValueError):  # bad inputs, named by fetch and validation
+            state.save_error(task_id, "invalid_input", str(exc))
+            raise dg.Failure(str(exc), allow_retries=False) from exc
         state.save_error(task_id, "generation_failed", f"{type(exc).__name__}: {exc}")
         raise dg.Failure(f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
     finally:
@@ -92,3 +97,59 @@ def should_stop(context: dg.AssetExecutionContext) -> bool:
     """True once the run is being cancelled (checked between denoising steps)."""
     run = context.instance.get_run_by_id(context.run_id)
     return run is not None and run.status.value in ("CANCELING", "CANCELED")
+
+
+def fetch_input(url: str, what: str, accept: tuple[str, ...]) -> bytes:
+    """Fetch one URL input under the SSRF rules; a refusal fails the task naming the input."""
+    from moviegen_dagster.fetch import Allowlist, FetchError, fetch
+    from moviegen_dagster.settings import get_settings
+
+    settings = get_settings()
+    try:
+        return fetch(
+            url,
+            what,
+            Allowlist.parse(settings.url_allowlist),
+            settings.fetch_max_bytes,
+            timeout=settings.fetch_timeout_seconds,
+            accept=accept,
+        ).content
+    except FetchError as exc:
+        raise InputError(str(exc)) from exc
+
+
+class InputError(ValueError):
+    """A task input is unusable (unreachable, refused, not what it claims to be)."""
+
+
+def deliver(
+    run: TaskRun,
+    media_store: MediaStore,
+    state: TaskStateResource,
+    kind: str,
+    ext: str,
+    data: bytes,
+    media_meta: dict[str, Any],
+    provenance: dict[str, Any],
+) -> dg.MaterializeResult:
+    """Store the take's media, record the result on the task, and describe the take."""
+    run.report(0.9, "uploading", force=True)
+    key = media_key(run.task["project_id"], kind, run.task_id, ext)
+    started = time.monotonic()
+    media_store.put(key, data, CONTENT_TYPES[ext])
+    upload_s = time.monotonic() - started
+    url = media_store.url(key)
+    meta = {**media_meta, "file_size": len(data)}
+    state.save_result(run.task_id, {"media_key": key, "media_url": url, "metadata": meta})
+    run.report(0.98, "upload_complete", force=True)
+    md: dict[str, Any] = {
+        "task_id": run.task_id,
+        "media_url": dg.MetadataValue.url(url),
+        "media_key": key,
+        **{k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)},
+        **provenance,
+        "upload_seconds": round(upload_s, 3),
+        "total_seconds": round(time.monotonic() - run.started, 3),
+        "worker": worker_state.current.worker_id if worker_state.current else "in-process",
+    }
+    return dg.MaterializeResult(metadata=md)

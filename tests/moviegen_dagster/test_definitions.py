@@ -16,8 +16,9 @@ def test_code_location_loads_without_heavy_imports() -> None:
     code = (
         "import sys, json\n"
         "from moviegen_dagster.definitions import defs\n"
-        "job = defs.resolve_job_def('generate_image')\n"
-        "print(json.dumps({'job': job.name, 'partitions': job.partitions_def.name,\n"
+        "jobs = [defs.resolve_job_def(n) for n in ('generate_image', 'process_audio')]\n"
+        "print(json.dumps({'job': [j.name for j in jobs],\n"
+        "  'partitions': sorted({j.partitions_def.name for j in jobs}),\n"
         "  'sensors': sorted(s.name for s in defs.sensors),\n"
         "  'heavy': [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]}))\n"
     )
@@ -27,8 +28,8 @@ def test_code_location_loads_without_heavy_imports() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
-        "job": "generate_image",
-        "partitions": "scenes",
+        "job": ["generate_image", "process_audio"],
+        "partitions": ["scenes"],
         "sensors": ["reconcile_tasks", "sync_task_status"],
         "heavy": [],
     }
