@@ -273,8 +273,9 @@ def apply_run_state(
         sets.append(f"current_step = {step_sql}")
     if status == "completed":
         sets.append("progress = 1.0")
+        sets.append("error = NULL")  # errors of attempts that were retried in place
     if status == "failed":
-        sets.append("error = %(error)s")
+        sets.append("error = COALESCE(error, %(error)s)")  # the op's own error is clearer
     return conn.execute(
         f"UPDATE moviegen.tasks SET {', '.join(sets)} "
         f"WHERE task_id = %(task_id)s AND status IN ('queued', 'processing') "

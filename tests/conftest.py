@@ -4,9 +4,11 @@ webserver and daemon, Celery workers, the API) shared by every test that needs i
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import httpx
@@ -123,3 +125,49 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         )
     finally:
         stack.stop()
+
+
+class AssetServer:
+    """A real HTTP server on 127.0.0.1 serving test inputs (storyboards, voices, references)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path not in routes:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                ctype, body = routes[self.path]
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def add(self, path: str, content_type: str, body: bytes) -> str:
+        """Serve body at path; returns its URL."""
+        self.routes[path] = (content_type, body)
+        return self.url + path
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def asset_server() -> Iterator[AssetServer]:
+    """One input server per session."""
+    server = AssetServer()
+    yield server
+    server.close()

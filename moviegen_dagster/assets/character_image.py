@@ -4,7 +4,13 @@ import time
 
 import dagster as dg
 
-from moviegen_dagster.assets.common import OOM_RETRY, deliver, should_stop, task_run
+from moviegen_dagster.assets.common import (
+    OOM_RETRY,
+    deliver,
+    fetch_image,
+    should_stop,
+    task_run,
+)
 from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
@@ -33,6 +39,13 @@ def character_image(
         data = run.task["task_data"]
         width, height = (int(v) for v in data.get("resolution", "1024x1024").split("x"))
         prompt = build_prompt(data)
+        run.report(0.02, "fetching_inputs", force=True)
+        # The style guide leads: the pipeline weighs references in order.
+        ref_urls = [("style_guide", data["style_guide"])] if data.get("style_guide") else []
+        ref_urls += [
+            (f"reference_images[{i}]", u) for i, u in enumerate(data.get("reference_images", []))
+        ]
+        references = [fetch_image(url, what) for what, url in ref_urls]
 
         run.report(0.05, "loading_model", force=True)
         t0 = time.monotonic()
@@ -55,6 +68,7 @@ def character_image(
             height=height,
             seed=data.get("seed"),
             steps=int(data.get("steps") or catalog.image_steps),
+            reference_images=references,
         )
         run.report(0.1, "generating_image", force=True)
         image = generate_image(
@@ -77,6 +91,7 @@ def character_image(
             },
             provenance={
                 "prompt": prompt,
+                "reference_urls": ", ".join(url for _, url in ref_urls),
                 "model_revision": catalog.image_revision or "",
                 "model_load_seconds": round(load_s, 3),
                 "generation_seconds": round(image.generation_seconds, 3),

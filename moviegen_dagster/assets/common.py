@@ -118,6 +118,22 @@ def fetch_input(url: str, what: str, accept: tuple[str, ...]) -> bytes:
         raise InputError(str(exc)) from exc
 
 
+def fetch_image(url: str, what: str) -> Any:
+    """Fetch and decode an image input (RGB); anything that does not decode fails the task."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    raw = fetch_input(url, what, ("image/",))
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.width * img.height > 40_000_000:
+                raise InputError(f"{what}: image is larger than 40 megapixels")
+            return img.convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        raise InputError(f"{what}: not a decodable image") from exc
+
+
 class InputError(ValueError):
     """A task input is unusable (unreachable, refused, not what it claims to be)."""
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import io
 import math
 import struct
-import threading
 import wave
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import av
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_A, RunningStack
+from tests.conftest import PROJECT_A, AssetServer, RunningStack
 
 
 def _voice_wav(freq: float, seconds: float = 1.5, rate: int = 24000) -> bytes:
@@ -34,36 +31,11 @@ def _voice_wav(freq: float, seconds: float = 1.5, rate: int = 24000) -> bytes:
     return buf.getvalue()
 
 
-ROUTES = {
-    "/voice.wav": ("audio/wav", _voice_wav(140.0)),
-    "/page.html": ("text/html", b"<html>not a voice</html>"),
-}
-
-
-class _Assets(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path not in ROUTES:
-            self.send_response(404)
-            self.end_headers()
-            return
-        ctype, body = ROUTES[self.path]
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
-def assets() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Assets)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def assets(asset_server: AssetServer) -> str:
+    asset_server.add("/voice.wav", "audio/wav", _voice_wav(140.0))
+    asset_server.add("/page.html", "text/html", b"<html>not a voice</html>")
+    return asset_server.url
 
 
 def _submit(client: httpx.Client, task_data: dict) -> str:
