@@ -48,7 +48,7 @@ class VideoData(_Data):
     lighting: Label | None = None
     character_positions: Annotated[list[Label], Field(max_length=16)] = Field(default_factory=list)
     audio_cues: Annotated[list[Label], Field(max_length=16)] = Field(default_factory=list)
-    duration: Annotated[float, Field(gt=0.5, le=30.0)] = 7.0
+    duration: Annotated[float, Field(ge=1.0, le=30.0)] = 7.0
     resolution: str = "1920x1080"
     fps: Annotated[int, Field(strict=True, ge=1, le=60)] = 24
     seed: Seed | None = None

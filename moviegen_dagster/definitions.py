@@ -6,6 +6,7 @@ import dagster as dg
 
 from moviegen_dagster.assets.character_image import character_image
 from moviegen_dagster.assets.dialogue_audio import dialogue_audio
+from moviegen_dagster.assets.scene_video import scene_video
 from moviegen_dagster.jobs import TASK_JOBS
 from moviegen_dagster.settings import Settings, get_settings
 from resources.catalog import ModelCatalog
@@ -36,6 +37,11 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             ambience_model=settings.ambience_model_ref(),
             ambience_revision=settings.ambience_model_revision,
             ambience_steps=settings.ambience_steps or (8 if tiny else 100),
+            video_model=settings.video_model_ref(),
+            video_revision=settings.video_model_revision,
+            video_steps=settings.video_steps or (4 if tiny else 8),
+            video_gen_width=int(settings.video_gen_size.partition("x")[0] or 0),
+            video_gen_height=int(settings.video_gen_size.partition("x")[2] or 0),
         ),
     }
 
@@ -43,7 +49,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Definitions for the given settings."""
     return dg.Definitions(
-        assets=[character_image, dialogue_audio],
+        assets=[scene_video, character_image, dialogue_audio],
         jobs=list(TASK_JOBS.values()),
         sensors=[reconcile_tasks, sync_task_status],
         resources=build_resources(settings),

@@ -53,9 +53,17 @@ class Settings(BaseSettings):
         default=None, alias="MOVIEGEN_AMBIENCE_MODEL_REVISION"
     )
     ambience_steps: int = Field(default=0, alias="MOVIEGEN_AMBIENCE_STEPS", ge=0, le=200)
+    video_model: str | None = Field(default=None, alias="MOVIEGEN_VIDEO_MODEL")
+    video_model_revision: str | None = Field(default=None, alias="MOVIEGEN_VIDEO_MODEL_REVISION")
+    video_steps: int = Field(default=0, alias="MOVIEGEN_VIDEO_STEPS", ge=0, le=200)
+    video_gen_size: str = Field(default="", alias="MOVIEGEN_VIDEO_GEN_SIZE")
+    # Threads per worker slot for torch on CPU (0: torch's default). Tiny models on a small
+    # CPU run several times faster on one thread than on two fighting over tiny kernels.
+    torch_threads: int = Field(default=0, alias="MOVIEGEN_TORCH_THREADS", ge=0)
     device: str = Field(default="cpu", alias="MOVIEGEN_DEVICE")
     dtype: str = Field(default="float32", alias="MOVIEGEN_DTYPE")
-    model_pool_size: int = Field(default=2, alias="MOVIEGEN_MODEL_POOL_SIZE", ge=1)
+    # gpu_light slots serve image, TTS and ambience pipelines: keep all three resident.
+    model_pool_size: int = Field(default=3, alias="MOVIEGEN_MODEL_POOL_SIZE", ge=1)
 
     media_dir: Path | None = Field(default=None, alias="MOVIEGEN_MEDIA_DIR")
 
@@ -164,6 +172,14 @@ class Settings(BaseSettings):
         if self.model_profile == "tiny":
             return str(self.model_root / "tiny-ambience")
         return "stabilityai/stable-audio-open-1.0"
+
+    def video_model_ref(self) -> str:
+        """Storyboard-to-video model (with its own soundtrack) for the active profile."""
+        if self.video_model:
+            return self.video_model
+        if self.model_profile == "tiny":
+            return str(self.model_root / "tiny-video")
+        return "Lightricks/LTX-2"
 
     def max_runtime_for(self, task_type: str) -> int:
         """Maximum run time in seconds for a task type (dagster/max_runtime)."""

@@ -203,6 +203,8 @@ class Stack:
             if slots <= 0:
                 continue
             wenv = {**env, "MOVIEGEN_WORKER_TYPE": wtype}
+            if s.torch_threads:
+                wenv["OMP_NUM_THREADS"] = str(s.torch_threads)
             self._spawn(
                 f"worker-{wtype}",
                 [

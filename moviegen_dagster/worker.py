@@ -120,6 +120,15 @@ def _resource_usage() -> tuple[float | None, int | None]:
         return None, None
 
 
+@signals.worker_init.connect
+def _check_models(**_: Any) -> None:
+    """Refuse to start a worker whose models do not resolve (no silent fallback)."""
+    from moviegen_dagster.model_check import check_models
+
+    for line in check_models(settings, WORKER_TYPE):
+        log.info("model %s", line)
+
+
 @signals.worker_process_init.connect
 def _init_slot(**_: Any) -> None:
     """Each prefork child becomes one named slot with its own heartbeat."""

@@ -17,3 +17,9 @@ class ModelCatalog(dg.ConfigurableResource):
     ambience_model: str
     ambience_revision: str | None = None
     ambience_steps: int = 8
+    video_model: str
+    video_revision: str | None = None
+    video_steps: int = 4
+    # Render size of the video model (delivery size is reached by resizing); 0 = model default.
+    video_gen_width: int = 0
+    video_gen_height: int = 0

@@ -14,7 +14,7 @@ from moviegen_dagster.assets.common import (
 from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
-from resources.models import ModelPoolResource
+from resources.models import ModelPoolResource, PoolKey
 from resources.task_state import TaskStateResource
 
 
@@ -95,8 +95,16 @@ def character_image(
                 "model_revision": catalog.image_revision or "",
                 "model_load_seconds": round(load_s, 3),
                 "generation_seconds": round(image.generation_seconds, 3),
-                # Loads of any pipeline in this worker process: stays 1 while the model is
+                # Loads of this pipeline in this worker process: stays 1 while the model is
                 # resident, which is the point of long-lived workers.
-                "pipeline_loads": pool.load_count(),
+                "pipeline_loads": pool.load_count(
+                    PoolKey(
+                        "image",
+                        catalog.image_model,
+                        catalog.image_revision,
+                        models.dtype,
+                        models.device,
+                    )
+                ),
             },
         )

@@ -8,7 +8,7 @@ from moviegen_dagster.assets.common import OOM_RETRY, deliver, fetch_input, shou
 from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
-from resources.models import ModelPoolResource
+from resources.models import ModelPoolResource, PoolKey
 from resources.task_state import TaskStateResource
 
 VOICE_TYPES = ("audio/", "application/octet-stream")
@@ -95,6 +95,10 @@ def dialogue_audio(
                 "tts_model_revision": catalog.tts_revision or "",
                 "model_load_seconds": round(load_s, 3),
                 "generation_seconds": round(speech.generation_seconds, 3),
-                "pipeline_loads": pool.load_count(),
+                "pipeline_loads": pool.load_count(
+                    PoolKey(
+                        "tts", catalog.tts_model, catalog.tts_revision, models.dtype, models.device
+                    )
+                ),
             },
         )

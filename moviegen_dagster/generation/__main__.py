@@ -8,15 +8,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from moviegen_dagster.generation import cli_audio
+from moviegen_dagster.generation import cli_audio, cli_video
 from moviegen_dagster.generation.tiny import build_tiny_image_model
 from moviegen_dagster.generation.tiny_audio import build_tiny_ambience_model, build_tiny_tts_model
+from moviegen_dagster.generation.tiny_video import build_tiny_video_model
 
 # Directory names under the models root, as the `tiny` profile's settings expect them.
 TINY_MODELS: dict[str, Callable[[Path], Path]] = {
     "tiny-image": build_tiny_image_model,
     "tiny-tts": build_tiny_tts_model,
     "tiny-ambience": build_tiny_ambience_model,
+    "tiny-video": build_tiny_video_model,
 }
 
 
@@ -35,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     every.add_argument("root", type=Path, help="models root, e.g. $MOVIEGEN_HOME/models")
     cli_audio.add_subcommands(commands)
+    cli_video.add_parser(commands)
     args = parser.parse_args(argv)
 
     if cli_audio.run(args):
         return 0
+    if args.command == cli_video.COMMAND:
+        return cli_video.run(args)
     started = time.perf_counter()
     if args.command == "build-tiny":
         path = build_tiny_image_model(args.dir)

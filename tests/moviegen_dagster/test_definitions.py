@@ -16,7 +16,8 @@ def test_code_location_loads_without_heavy_imports() -> None:
     code = (
         "import sys, json\n"
         "from moviegen_dagster.definitions import defs\n"
-        "jobs = [defs.resolve_job_def(n) for n in ('generate_image', 'process_audio')]\n"
+        "names = ('generate_video', 'generate_image', 'process_audio')\n"
+        "jobs = [defs.resolve_job_def(n) for n in names]\n"
         "print(json.dumps({'job': [j.name for j in jobs],\n"
         "  'partitions': sorted({j.partitions_def.name for j in jobs}),\n"
         "  'sensors': sorted(s.name for s in defs.sensors),\n"
@@ -28,7 +29,7 @@ def test_code_location_loads_without_heavy_imports() -> None:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {
-        "job": ["generate_image", "process_audio"],
+        "job": ["generate_video", "generate_image", "process_audio"],
         "partitions": ["scenes"],
         "sensors": ["reconcile_tasks", "sync_task_status"],
         "heavy": [],

@@ -119,8 +119,8 @@ def test_health_and_workers_status(running_stack: RunningStack) -> None:
     }
     with running_stack.client() as client:
         workers = client.get("/api/v1/workers/status").json()
-    assert workers["total_workers"] >= 2
-    assert {w["worker_type"] for w in workers["workers"]} == {"gpu_light"}
+    assert workers["total_workers"] >= 3
+    assert {w["worker_type"] for w in workers["workers"]} == {"gpu_heavy", "gpu_light"}
     assert all(w["last_heartbeat"].endswith("Z") for w in workers["workers"])
 
 

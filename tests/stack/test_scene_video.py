@@ -1,0 +1,81 @@
+"""generate_video end to end over HTTP: storyboard frames fetched, an H.264 + AAC MP4 back."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import httpx
+from dagster import RunsFilter
+from PIL import Image
+
+from tests.conftest import PROJECT_A, AssetServer, RunningStack
+
+
+def _frame(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (160, 90), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_scene_video_is_an_h264_aac_mp4_in_the_delivery_format(
+    running_stack: RunningStack, asset_server: AssetServer
+) -> None:
+    frames = [
+        asset_server.add("/frame1.jpg", "image/jpeg", _frame((30, 30, 60))),
+        asset_server.add("/frame2.jpg", "image/jpeg", _frame((90, 60, 30))),
+    ]
+    body = {
+        "project_id": PROJECT_A,
+        "task_type": "generate_video",
+        "task_data": {
+            "storyboard_images": frames,
+            "scene_description": "Detective enters the dark alley",
+            "camera_angle": "wide_shot",
+            "lighting": "noir_dramatic",
+            "character_positions": ["detective_center"],
+            "audio_cues": ["footsteps", "rain_ambience"],
+            "duration": 2.0,
+            "resolution": "640x360",
+            "fps": 24,
+        },
+        "priority": 1,
+        "metadata": {"scene_id": "scene_005"},
+    }
+    with running_stack.client() as client:
+        resp = client.post("/api/v1/tasks/submit", json=body)
+        assert resp.status_code == 202, resp.text
+        task_id = resp.json()["task_id"]
+        steps: set[str] = set()
+
+        def done() -> dict | None:
+            doc = client.get(f"/api/v1/tasks/{task_id}/status").json()
+            steps.add(doc["current_step"])
+            return doc if doc["status"] in ("completed", "failed", "cancelled") else None
+
+        from tests.conftest import poll
+
+        doc = poll(done, timeout=300, interval=0.1)
+    assert doc["status"] == "completed", doc
+    assert "rendering_video" in steps
+    meta = doc["result"]["metadata"]
+    assert meta["resolution"] == "640x360" and meta["fps"] == 24
+    assert abs(meta["duration"] - 2.0) < 0.05
+    media = httpx.get(doc["result"]["media_url"], timeout=30)
+    assert media.status_code == 200 and media.headers["content-type"] == "video/mp4"
+    assert f"/media/{PROJECT_A}/videos/{task_id}.mp4" in doc["result"]["media_url"]
+    data = media.content
+    assert data.find(b"moov") < data.find(b"mdat"), "not faststart"
+    with av.open(io.BytesIO(data)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        assert video.codec_context.name == "h264"
+        assert (video.codec_context.width, video.codec_context.height) == (640, 360)
+        assert video.average_rate == 24
+        assert audio.codec_context.name == "aac"
+        assert audio.rate == meta["audio_sample_rate"]
+        assert container.duration is not None
+        assert abs(container.duration / 1_000_000 - 2.0) < 0.15
+    runs = running_stack.instance().get_runs(RunsFilter(tags={"moviegen/task_id": task_id}))
+    assert runs[0].tags["dagster/partition"] == f"{PROJECT_A}/scene_005"
+    assert runs[0].tags["dagster-celery/queue"] == "gpu_heavy"
