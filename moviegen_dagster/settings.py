@@ -163,7 +163,8 @@ class Settings(BaseSettings):
             return self.tts_model
         if self.model_profile == "tiny":
             return str(self.model_root / "tiny-tts")
-        return "kyutai/pocket-tts"
+        # The transformers-format conversion of Kyutai Pocket TTS (transformers docs checkpoint).
+        return "eustlb/pocket-tts"
 
     def ambience_model_ref(self) -> str:
         """Text-to-audio model for ambience and audio cues for the active profile."""
