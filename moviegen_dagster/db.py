@@ -10,6 +10,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from moviegen_dagster.webhooks import OUTBOX_MIGRATION_SQL
+
 # Ordered migrations; each runs once, recorded in moviegen.schema_migrations.
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -69,6 +71,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+# The webhook outbox: one row per terminal event, delivered by the deliver_webhooks sensor.
+MIGRATIONS.append((2, OUTBOX_MIGRATION_SQL))
 
 
 def migrate(database_url: str) -> None:

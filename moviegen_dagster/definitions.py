@@ -14,6 +14,7 @@ from resources.media_store import LocalMediaStore
 from resources.models import ModelPoolResource
 from resources.task_state import TaskStateResource
 from sensors.reconcile import reconcile_tasks, sync_task_status
+from sensors.webhooks import deliver_webhooks
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -51,7 +52,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[scene_video, character_image, dialogue_audio],
         jobs=list(TASK_JOBS.values()),
-        sensors=[reconcile_tasks, sync_task_status],
+        sensors=[reconcile_tasks, sync_task_status, deliver_webhooks],
         resources=build_resources(settings),
     )
 

@@ -135,8 +135,19 @@ def sync_task(conn: psycopg.Connection[Any], instance: Any, row: store.Row) -> s
     if status == "failed":
         error = {"code": "run_failed", "message": _failure_message(instance, run.run_id)}
     new = store.apply_run_state(conn, row["task_id"], run.run_id, status, attempt, error)
+    if new is not None:
+        enqueue_callback(conn, new)
     conn.commit()
     return new or row
+
+
+def enqueue_callback(conn: psycopg.Connection[Any], row: store.Row) -> None:
+    """Queue the terminal event of a task that just became terminal (same transaction)."""
+    from api.schemas import TaskStatus
+    from moviegen_dagster.webhooks import enqueue_terminal_event
+
+    if row["status"] in store.TERMINAL and row.get("callback_url"):
+        enqueue_terminal_event(conn, row, TaskStatus.from_row(row).model_dump(mode="json"))
 
 
 class Dispatcher:
@@ -243,6 +254,8 @@ class Dispatcher:
                 raise Conflict(f"task is already {locked['status']} and cannot be cancelled")
             if locked["run_id"] is None:
                 cancelled = store.cancel_unlaunched(conn, locked["task_id"])
+                if cancelled is not None:
+                    enqueue_callback(conn, cancelled)
                 conn.commit()
                 return cancelled or locked
             result = self._graphql(_TERMINATE, {"runId": locked["run_id"]}, "terminateRun")
@@ -251,6 +264,8 @@ class Dispatcher:
             new = store.apply_run_state(
                 conn, locked["task_id"], locked["run_id"], "cancelled", int(locked["attempt"]), None
             )
+            if new is not None:
+                enqueue_callback(conn, new)
             conn.commit()
             return new or locked
 

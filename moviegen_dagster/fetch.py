@@ -92,6 +92,33 @@ def check_url(url: str, allowlist: Allowlist, what: str) -> tuple[str, int, IPAd
     return host, port, addrs[0]
 
 
+def check_url_static(url: str, allowlist: Allowlist, what: str) -> None:
+    """Checks that need no DNS (used at submit time): scheme, credentials, literal addresses.
+
+    Names are resolved and checked again at every use, where the answer counts.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchError(f"{what}: only http and https URLs are accepted, got {parts.scheme!r}")
+    host = parts.hostname
+    if not host:
+        raise FetchError(f"{what}: URL has no host")
+    if parts.username or parts.password:
+        raise FetchError(f"{what}: URLs with credentials are not accepted")
+    addr: IPAddress | None = None
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # legacy numeric forms such as 0x7f000001 or 2130706433
+            addr = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            addr = None
+    if host == "localhost" or host.endswith(".localhost"):
+        addr = ipaddress.ip_address("127.0.0.1")
+    if addr is not None and not is_public(addr) and not allowlist.allows(host, addr):
+        raise FetchError(f"{what}: {host} is not a public address")
+
+
 def fetch(
     url: str,
     what: str,

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, alias="MOVIEGEN_FETCH_MAX_BYTES")
     fetch_timeout_seconds: float = Field(default=30.0, alias="MOVIEGEN_FETCH_TIMEOUT_SECONDS")
 
+    # Standard Webhooks signing secret ("whsec_..."); `make up` generates one when unset.
+    webhook_signing_secret: SecretStr | None = Field(default=None, alias="WEBHOOK_SIGNING_SECRET")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, alias="MOVIEGEN_WEBHOOK_TIMEOUT_SECONDS"
+    )
+
     max_body_bytes: int = Field(default=1_048_576, alias="MOVIEGEN_MAX_BODY_BYTES")
     max_metadata_bytes: int = Field(default=16_384, alias="MOVIEGEN_MAX_METADATA_BYTES")
 

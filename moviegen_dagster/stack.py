@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,7 @@ class Stack:
             dagster_yaml(self.settings, database_url, redis_url)
         )
         admin_key = self._admin_key()
+        webhook_secret = self._webhook_secret()
         env = {
             **self.env,
             "DATABASE_URL": database_url,
@@ -151,6 +153,7 @@ class Stack:
             "DAGSTER_HOME": str(dagster_home),
             "MOVIEGEN_HOME": str(self.home),
             "MOVIEGEN_ADMIN_KEY": admin_key,
+            "WEBHOOK_SIGNING_SECRET": webhook_secret,
             "HF_HUB_OFFLINE": self.env.get("HF_HUB_OFFLINE", "1"),
             "PYTHONUNBUFFERED": "1",
         }
@@ -248,9 +251,20 @@ class Stack:
     def _admin_key(self) -> str:
         if self.settings.admin_key is not None:
             return self.settings.admin_key.get_secret_value()
-        path = self.home / "admin-key"
+        return self._persisted_secret("admin-key", lambda: "mg_admin_" + secrets.token_urlsafe(24))
+
+    def _webhook_secret(self) -> str:
+        if self.settings.webhook_signing_secret is not None:
+            return self.settings.webhook_signing_secret.get_secret_value()
+        from moviegen_dagster.webhooks import generate_secret
+
+        return self._persisted_secret("webhook-secret", generate_secret)
+
+    def _persisted_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A secret generated once into MOVIEGEN_HOME, so restarts keep it."""
+        path = self.home / name
         if not path.exists():
-            path.write_text("mg_admin_" + secrets.token_urlsafe(24))
+            path.write_text(make())
             path.chmod(0o600)
         return path.read_text().strip()
 

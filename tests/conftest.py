@@ -133,7 +133,9 @@ class AssetServer:
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[str, bytes]] = {}
-        routes = self.routes
+        # POSTs received (callbacks): path -> list of (headers, body).
+        self.received: dict[str, list[tuple[dict[str, str], bytes]]] = {}
+        routes, received = self.routes, self.received
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -150,6 +152,13 @@ class AssetServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                received.setdefault(self.path, []).append((dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -17,6 +17,7 @@ from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import TaskAccepted, TaskStatus, TaskSubmit, json_size
 from moviegen_dagster import store
 from moviegen_dagster.db import DictPool
+from moviegen_dagster.fetch import Allowlist, FetchError, check_url_static
 from moviegen_dagster.keys import Caller
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -62,6 +63,13 @@ def submit_task(
             f"project_id: this API key does not cover project {body.project_id!r}",
             field="project_id",
         )
+    if body.callback_url is not None:
+        try:
+            check_url_static(
+                body.callback_url, Allowlist.parse(settings.url_allowlist), "callback_url"
+            )
+        except FetchError as exc:
+            raise ApiError(400, str(exc), code="validation_error", field="callback_url") from exc
     row = dispatcher.submit(body.to_new_task())
     with pool.connection() as conn:
         position = store.queue_position(conn, row)

@@ -31,7 +31,7 @@ def test_code_location_loads_without_heavy_imports() -> None:
     assert result == {
         "job": ["generate_video", "generate_image", "process_audio"],
         "partitions": ["scenes"],
-        "sensors": ["reconcile_tasks", "sync_task_status"],
+        "sensors": ["deliver_webhooks", "reconcile_tasks", "sync_task_status"],
         "heavy": [],
     }
 
