@@ -27,6 +27,8 @@ from api.task_data import validate_task_data
 from moviegen_dagster import store
 from moviegen_dagster.ids import ID_PATTERN as ID_PATTERN_RE
 from moviegen_dagster.ids import ID_REGEX
+from moviegen_dagster.media_urls import with_fresh_url
+from moviegen_dagster.settings import get_settings
 
 # Project and subject ids: also the media-key and partition-key segments, so no "/" or "..".
 ID_PATTERN = ID_REGEX
@@ -300,7 +302,11 @@ class TaskStatus(BaseModel):
             "progress": round(float(row["progress"]), 4),
             "current_step": row["current_step"],
             # Ops store the result before the run succeeds; it is only the answer once completed.
-            "result": row["result"] if row["status"] == "completed" else None,
+            "result": (
+                with_fresh_url(get_settings(), row["result"])
+                if row["status"] == "completed"
+                else None
+            ),
             "error": _error_message(row["error"]) if row["status"] == "failed" else None,
             "started_at": row["started_at"],
             "completed_at": row["completed_at"],

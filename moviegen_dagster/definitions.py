@@ -10,7 +10,7 @@ from moviegen_dagster.assets.scene_video import scene_video
 from moviegen_dagster.jobs import TASK_JOBS
 from moviegen_dagster.settings import Settings, get_settings
 from resources.catalog import ModelCatalog
-from resources.media_store import LocalMediaStore
+from resources.media_store import LocalMediaStore, MediaStore
 from resources.models import ModelPoolResource
 from resources.task_state import TaskStateResource
 from sensors.reconcile import reconcile_tasks, sync_task_status
@@ -22,9 +22,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     tiny = settings.model_profile == "tiny"
     return {
         "task_state": TaskStateResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "media_store": LocalMediaStore(
-            root=str(settings.media_root), base_url=settings.api_base_url
-        ),
+        "media_store": media_store(settings),
         "models": ModelPoolResource(
             capacity=settings.model_pool_size, device=settings.device, dtype=settings.dtype
         ),
@@ -45,6 +43,29 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             video_gen_height=int(settings.video_gen_size.partition("x")[2] or 0),
         ),
     }
+
+
+def media_store(settings: Settings) -> MediaStore:
+    """R2 when configured (secrets read from the environment at run time), else local files."""
+    if not settings.r2_configured:
+        return LocalMediaStore(root=str(settings.media_root), base_url=settings.api_base_url)
+    from dagster_aws.s3 import S3Resource
+
+    from resources.r2_store import R2MediaStore
+
+    return R2MediaStore(
+        s3=S3Resource(
+            endpoint_url=settings.r2_endpoint_url,
+            region_name=settings.r2_region,
+            # boto3 counts these as retries on top of R2MediaStore's own upload attempts.
+            max_attempts=2,
+            aws_access_key_id=dg.EnvVar("R2_ACCESS_KEY_ID"),
+            aws_secret_access_key=dg.EnvVar("R2_SECRET_ACCESS_KEY"),
+        ),
+        bucket=str(settings.r2_bucket),
+        public_base_url=settings.r2_public_base_url,
+        presign_seconds=settings.r2_presign_seconds,
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

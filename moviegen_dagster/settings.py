@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, alias="MOVIEGEN_FETCH_MAX_BYTES")
     fetch_timeout_seconds: float = Field(default=30.0, alias="MOVIEGEN_FETCH_TIMEOUT_SECONDS")
 
+    # Cloudflare R2 (S3 API): used instead of the local store when the first four are set.
+    r2_endpoint_url: str | None = Field(default=None, alias="R2_ENDPOINT_URL")
+    r2_bucket: str | None = Field(default=None, alias="R2_BUCKET")
+    r2_access_key_id: SecretStr | None = Field(default=None, alias="R2_ACCESS_KEY_ID")
+    r2_secret_access_key: SecretStr | None = Field(default=None, alias="R2_SECRET_ACCESS_KEY")
+    r2_public_base_url: str | None = Field(default=None, alias="R2_PUBLIC_BASE_URL")
+    r2_region: str = Field(default="auto", alias="R2_REGION")
+    # Without a public base URL, media URLs are presigned afresh on every read, valid this long.
+    r2_presign_seconds: int = Field(
+        default=3600, ge=60, le=604800, alias="MOVIEGEN_R2_PRESIGN_SECONDS"
+    )
+
     # Standard Webhooks signing secret ("whsec_..."); `make up` generates one when unset.
     webhook_signing_secret: SecretStr | None = Field(default=None, alias="WEBHOOK_SIGNING_SECRET")
     webhook_timeout_seconds: float = Field(
@@ -104,6 +116,16 @@ class Settings(BaseSettings):
     def _check_workers(cls, value: str) -> str:
         parse_workers(value)
         return value
+
+    @property
+    def r2_configured(self) -> bool:
+        """Whether media go to R2 (all four R2 connection settings are present)."""
+        return bool(
+            self.r2_endpoint_url
+            and self.r2_bucket
+            and self.r2_access_key_id
+            and self.r2_secret_access_key
+        )
 
     @property
     def home(self) -> Path:
