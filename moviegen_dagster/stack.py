@@ -284,6 +284,22 @@ class Stack:
             return bool(api.json().get("components", {}).get("workers") == "healthy")
 
         _wait_for(ready, timeout, "the stack")
+        self._check_code_location()
+
+    def _check_code_location(self) -> None:
+        """Fail loudly when the code location does not load (the UI would only show an error)."""
+        query = (
+            "{ workspaceOrError { ... on Workspace { locationEntries { name "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )
+        resp = httpx.post(f"{self.settings.dagster_url}/graphql", json={"query": query}, timeout=30)
+        resp.raise_for_status()
+        for entry in resp.json()["data"]["workspaceOrError"]["locationEntries"]:
+            loaded = entry["locationOrLoadError"] or {}
+            if loaded.get("__typename") == "PythonError":
+                raise RuntimeError(
+                    f"code location {entry['name']} failed to load: {loaded['message']}"
+                )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal one child's process group and wait for it (fault tests)."""

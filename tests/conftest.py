@@ -7,8 +7,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -90,42 +92,54 @@ class RunningStack:
         return poll(done, timeout)
 
 
-@pytest.fixture(scope="session")
-def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """Start the whole stack once per test session, exactly as `make up` does."""
+@contextmanager
+def start_stack(home: Path, **overrides: str) -> Iterator[RunningStack]:
+    """Start a whole stack, as `make up` does, with these settings; stop it afterwards."""
     from moviegen_dagster.settings import Settings
     from moviegen_dagster.stack import Stack, free_port
 
-    home = tmp_path_factory.mktemp("stack")
-    overrides = {
+    settings_env = {
         "MOVIEGEN_HOME": str(home),
         "MOVIEGEN_API_PORT": str(free_port()),
         "MOVIEGEN_DAGSTER_PORT": str(free_port()),
-        "MOVIEGEN_API_KEYS": f"{KEY_A}:{PROJECT_A},{KEY_B}:{PROJECT_B}",
-        "MOVIEGEN_WORKERS": "gpu_heavy=1,gpu_light=2",
         "MOVIEGEN_TORCH_THREADS": "1",
-        "MOVIEGEN_FAULT_INJECTION": "1",
-        "MOVIEGEN_RECONCILE_AFTER_SECONDS": "3",
-        "MOVIEGEN_DEQUEUE_INTERVAL_SECONDS": "0",
-        "MOVIEGEN_WORKER_DEAD_AFTER_SECONDS": "6",
-        "MOVIEGEN_URL_ALLOWLIST": "127.0.0.1",
+        **overrides,
     }
-    for name in ("DATABASE_URL", "REDIS_URL", "MOVIEGEN_ADMIN_KEY", "DAGSTER_HOME"):
-        os.environ.pop(name, None)
-    os.environ.update(overrides)
-    settings = Settings()
-    stack = Stack(settings)
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_STATE}
+    env.update(settings_env)
+    settings = Settings(**settings_env)  # type: ignore[arg-type]
+    stack = Stack(settings, env=env)
     try:
-        env = stack.start()
+        started = stack.start()
         yield RunningStack(
             stack=stack,
-            env=env,
+            env=started,
             api_url=f"http://127.0.0.1:{settings.api_port}",
             dagster_url=settings.dagster_url,
-            admin_key=env["MOVIEGEN_ADMIN_KEY"],
+            admin_key=started["MOVIEGEN_ADMIN_KEY"],
         )
     finally:
         stack.stop()
+
+
+# Variables that belong to one stack and must not leak into another.
+INHERITED_STATE = ("DATABASE_URL", "REDIS_URL", "DAGSTER_HOME", "MOVIEGEN_ADMIN_KEY")
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """The stack most tests share: two image/audio slots, one video slot, faults armed."""
+    with start_stack(
+        tmp_path_factory.mktemp("stack"),
+        MOVIEGEN_API_KEYS=f"{KEY_A}:{PROJECT_A},{KEY_B}:{PROJECT_B}",
+        MOVIEGEN_WORKERS="gpu_heavy=1,gpu_light=2",
+        MOVIEGEN_FAULT_INJECTION="1",
+        MOVIEGEN_RECONCILE_AFTER_SECONDS="3",
+        MOVIEGEN_DEQUEUE_INTERVAL_SECONDS="0",
+        MOVIEGEN_WORKER_DEAD_AFTER_SECONDS="6",
+        MOVIEGEN_URL_ALLOWLIST="127.0.0.1",
+    ) as stack:
+        yield stack
 
 
 class AssetServer:

@@ -4,7 +4,6 @@ under the project's prefix and the API hands out freshly presigned URLs."""
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from tests.conftest import KEY_A, PROJECT_A, RunningStack
+from tests.conftest import KEY_A, PROJECT_A, RunningStack, start_stack
 
 BUCKET = "moviegen-media"
 
@@ -38,41 +37,17 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def r2_stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    from moviegen_dagster.settings import Settings
-    from moviegen_dagster.stack import Stack, free_port
-
-    overrides = {
-        "MOVIEGEN_HOME": str(tmp_path_factory.mktemp("r2stack")),
-        "MOVIEGEN_API_PORT": str(free_port()),
-        "MOVIEGEN_DAGSTER_PORT": str(free_port()),
-        "MOVIEGEN_API_KEYS": f"{KEY_A}:{PROJECT_A}",
-        "MOVIEGEN_WORKERS": "gpu_heavy=0,gpu_light=1",
-        "MOVIEGEN_TORCH_THREADS": "1",
-        "R2_ENDPOINT_URL": s3_endpoint,
-        "R2_BUCKET": BUCKET,
-        "R2_ACCESS_KEY_ID": "test",
-        "R2_SECRET_ACCESS_KEY": "test",
-        "R2_REGION": "us-east-1",
-    }
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "DAGSTER_HOME", "MOVIEGEN_ADMIN_KEY")
-    }
-    env.update(overrides)
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    stack = Stack(settings, env=env)
-    try:
-        started = stack.start()
-        yield RunningStack(
-            stack=stack,
-            env=started,
-            api_url=f"http://127.0.0.1:{settings.api_port}",
-            dagster_url=settings.dagster_url,
-            admin_key=started["MOVIEGEN_ADMIN_KEY"],
-        )
-    finally:
-        stack.stop()
+    with start_stack(
+        tmp_path_factory.mktemp("r2stack"),
+        MOVIEGEN_API_KEYS=f"{KEY_A}:{PROJECT_A}",
+        MOVIEGEN_WORKERS="gpu_heavy=0,gpu_light=1",
+        R2_ENDPOINT_URL=s3_endpoint,
+        R2_BUCKET=BUCKET,
+        R2_ACCESS_KEY_ID="test",
+        R2_SECRET_ACCESS_KEY="test",
+        R2_REGION="us-east-1",
+    ) as stack:
+        yield stack
 
 
 def test_take_is_stored_in_r2_under_the_project_and_served_by_presigned_url(
