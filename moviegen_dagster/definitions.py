@@ -12,6 +12,7 @@ from moviegen_dagster.settings import Settings, get_settings
 from resources.catalog import ModelCatalog
 from resources.media_store import LocalMediaStore, MediaStore
 from resources.models import ModelPoolResource
+from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 from sensors.reconcile import reconcile_tasks, sync_task_status
 from sensors.webhooks import deliver_webhooks
@@ -23,6 +24,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "task_state": TaskStateResource(database_url=dg.EnvVar("DATABASE_URL")),
         "media_store": media_store(settings),
+        "payload_cms": payload_cms(settings),
         "models": ModelPoolResource(
             capacity=settings.model_pool_size, device=settings.device, dtype=settings.dtype
         ),
@@ -65,6 +67,19 @@ def media_store(settings: Settings) -> MediaStore:
         bucket=str(settings.r2_bucket),
         public_base_url=settings.r2_public_base_url,
         presign_seconds=settings.r2_presign_seconds,
+    )
+
+
+def payload_cms(settings: Settings) -> PayloadCMS:
+    """Payload registration when configured; an unconfigured resource skips the step."""
+    if not (settings.payload_url and settings.payload_api_key):
+        return PayloadCMS()
+    return PayloadCMS(
+        url=settings.payload_url,
+        api_key=dg.EnvVar("PAYLOAD_API_KEY"),
+        media_collection=settings.payload_media_collection,
+        auth_collection=settings.payload_auth_collection,
+        mode=settings.payload_media_mode,
     )
 
 

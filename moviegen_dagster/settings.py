@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         default=3600, ge=60, le=604800, alias="MOVIEGEN_R2_PRESIGN_SECONDS"
     )
 
+    # PayloadCMS registration of every completed take (skipped unless URL and key are set).
+    payload_url: str | None = Field(default=None, alias="PAYLOAD_URL")
+    payload_api_key: SecretStr | None = Field(default=None, alias="PAYLOAD_API_KEY")
+    payload_media_collection: str = Field(default="media", alias="PAYLOAD_MEDIA_COLLECTION")
+    payload_auth_collection: str = Field(default="users", alias="PAYLOAD_AUTH_COLLECTION")
+    payload_media_mode: Literal["url", "upload"] = Field(default="url", alias="PAYLOAD_MEDIA_MODE")
+
     # Standard Webhooks signing secret ("whsec_..."); `make up` generates one when unset.
     webhook_signing_secret: SecretStr | None = Field(default=None, alias="WEBHOOK_SIGNING_SECRET")
     webhook_timeout_seconds: float = Field(

@@ -15,6 +15,7 @@ from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
 from resources.models import ModelPoolResource, PoolKey
+from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
 
@@ -29,6 +30,7 @@ def character_image(
     context: dg.AssetExecutionContext,
     task_state: TaskStateResource,
     media_store: MediaStore,
+    payload_cms: PayloadCMS,
     models: ModelPoolResource,
     catalog: ModelCatalog,
 ) -> dg.MaterializeResult:
@@ -78,6 +80,7 @@ def character_image(
             run,
             media_store,
             task_state,
+            payload_cms,
             kind="images",
             ext="jpg",
             data=image.jpeg,

@@ -14,6 +14,7 @@ from moviegen_dagster import faults, tags, worker_state
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.ids import CONTENT_TYPES, media_key
 from resources.media_store import MediaStore
+from resources.payload import PayloadCMS, generation_metadata
 from resources.task_state import ProgressReporter, TaskStateResource
 
 # Out-of-memory is the one error worth retrying in place; the retry policy backs off with
@@ -21,6 +22,9 @@ from resources.task_state import ProgressReporter, TaskStateResource
 OOM_RETRY = dg.RetryPolicy(
     max_retries=2, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+
+
+DELIVERY_ERRORS = {"MediaUploadError": "upload_failed", "PayloadError": "cms_registration_failed"}
 
 
 @dataclass
@@ -74,7 +78,9 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
         if isinstance(exc, ValueError):  # bad inputs, named by fetch and validation
             state.save_error(task_id, "invalid_input", str(exc))
             raise dg.Failure(str(exc), allow_retries=False) from exc
-        state.save_error(task_id, "generation_failed", f"{type(exc).__name__}: {exc}")
+        # Delivery errors already say which step, object or collection failed.
+        code = DELIVERY_ERRORS.get(type(exc).__name__, "generation_failed")
+        state.save_error(task_id, code, f"{type(exc).__name__}: {exc}")
         raise dg.Failure(f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
     finally:
         worker_state.release(completed)
@@ -142,13 +148,14 @@ def deliver(
     run: TaskRun,
     media_store: MediaStore,
     state: TaskStateResource,
+    payload_cms: PayloadCMS,
     kind: str,
     ext: str,
     data: bytes,
     media_meta: dict[str, Any],
     provenance: dict[str, Any],
 ) -> dg.MaterializeResult:
-    """Store the take's media, record the result on the task, and describe the take."""
+    """Store the take's media, register it in the CMS, record the result, describe the take."""
     run.report(0.9, "uploading", force=True)
     key = media_key(run.task["project_id"], kind, run.task_id, ext)
     started = time.monotonic()
@@ -156,12 +163,23 @@ def deliver(
     upload_s = time.monotonic() - started
     url = media_store.url(key)
     meta = {**media_meta, "file_size": len(data)}
-    state.save_result(run.task_id, {"media_key": key, "media_url": url, "metadata": meta})
+    payload_id = None
+    if payload_cms.enabled:
+        run.report(0.95, "registering_media", force=True)
+        fields = generation_metadata(
+            run.task["project_id"], run.task_id, run.task["task_type"], key, meta
+        )
+        payload_id = payload_cms.register(
+            url, data, key.rsplit("/", 1)[1], CONTENT_TYPES[ext], fields
+        )
+    result = {"media_key": key, "media_url": url, "payload_media_id": payload_id, "metadata": meta}
+    state.save_result(run.task_id, result)
     run.report(0.98, "upload_complete", force=True)
     md: dict[str, Any] = {
         "task_id": run.task_id,
         "media_url": dg.MetadataValue.url(url),
         "media_key": key,
+        "payload_media_id": payload_id or "",
         **{k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)},
         **provenance,
         "upload_seconds": round(upload_s, 3),

@@ -9,6 +9,7 @@ from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
 from resources.models import ModelPoolResource, PoolKey
+from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
 VOICE_TYPES = ("audio/", "application/octet-stream")
@@ -25,6 +26,7 @@ def dialogue_audio(
     context: dg.AssetExecutionContext,
     task_state: TaskStateResource,
     media_store: MediaStore,
+    payload_cms: PayloadCMS,
     models: ModelPoolResource,
     catalog: ModelCatalog,
 ) -> dg.MaterializeResult:
@@ -69,6 +71,7 @@ def dialogue_audio(
             run,
             media_store,
             task_state,
+            payload_cms,
             kind="audio",
             ext="mp3",
             data=speech.mp3,
