@@ -18,6 +18,9 @@ from resources.models import ModelPoolResource, PoolKey
 from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
+# Progress at which each post-denoising phase starts (rendering covers 0.08-0.80).
+PHASES = {"generating_audio": 0.8, "encoding": 0.85}
+
 
 @dg.asset(
     partitions_def=scenes,
@@ -75,9 +78,8 @@ def scene_video(
             should_stop=lambda: should_stop(context),
             gen_width=catalog.video_gen_width or None,
             gen_height=catalog.video_gen_height or None,
+            on_phase=lambda phase: run.report(PHASES[phase], phase, force=True),
         )
-        # The model renders picture and soundtrack together; encoding follows.
-        run.report(0.85, "encoding", force=True)
         return deliver(
             run,
             media_store,

@@ -377,8 +377,13 @@ def generate_video(
     gen_height: int | None = None,
     *,
     pipeline_kwargs: dict[str, Any] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> VideoResult:
-    """Generate chained LTX-2 clips from storyboard keyframes and deliver an H.264/AAC MP4."""
+    """Generate chained LTX-2 clips from storyboard keyframes and deliver an H.264/AAC MP4.
+
+    `on_phase` hears "generating_audio" once the last denoising step is done (the pipeline then
+    decodes the frames and vocodes the soundtrack) and "encoding" before the MP4 is written.
+    """
     # pipeline_kwargs reach every pipeline call unchanged: the profile's guidance settings, e.g.
     # guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0 for a step-distilled checkpoint
     # (one transformer pass per step instead of three).
@@ -421,6 +426,8 @@ def generate_video(
         done = steps_before + step_index + 1
         if on_step is not None:
             on_step(done, total_steps)
+        if on_phase is not None and done == total_steps:
+            on_phase("generating_audio")
         # Raising here leaves the pipeline reusable: every call resets its per-call state.
         if should_stop is not None and should_stop():
             raise GenerationCancelled(f"cancelled after step {done} of {total_steps}")
@@ -486,6 +493,8 @@ def generate_video(
     # The LTX-2 soundtrack ends a few ms before the video; the zero-initialized track pads it.
     # A list of views, not video[indices]: retiming to 60 fps would otherwise copy every frame.
     retimed = [video[index] for index in indices]
+    if on_phase is not None:
+        on_phase("encoding")
     mp4 = encode_mp4(retimed, req.fps, audio, sample_rate, size=(req.width, req.height))
     return VideoResult(
         mp4=mp4,
