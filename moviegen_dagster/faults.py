@@ -1,8 +1,9 @@
 """Fault injection for tests, switched on by MOVIEGEN_FAULT_INJECTION=1; inert otherwise.
 
 Only tasks whose task_data carries a marker are affected, so one test can break one task
-while the others run normally: `FAULT_ALWAYS` fails every attempt, `FAULT_ONCE` fails only
-the task's first attempt (a retry then succeeds).
+while the others run normally: `FAULT_ALWAYS` fails every attempt at generation, `FAULT_ONCE`
+only the task's first attempt (a retry then succeeds); `FAULT_UPLOAD_ONCE` /
+`FAULT_UPLOAD_ALWAYS` do the same at delivery.
 """
 
 from __future__ import annotations
@@ -21,5 +22,8 @@ def maybe_inject(task: dict[str, Any], stage: str) -> None:
     if os.environ.get("MOVIEGEN_FAULT_INJECTION") != "1":
         return
     data = json.dumps(task.get("task_data", {}))
-    if "FAULT_ALWAYS" in data or ("FAULT_ONCE" in data and int(task.get("attempt", 1)) == 1):
+    # FAULT_ONCE / FAULT_ALWAYS hit generation; FAULT_<STAGE>_ONCE / _ALWAYS hit another stage.
+    prefix = "FAULT" if stage == "generate" else f"FAULT_{stage.upper()}"
+    first = int(task.get("attempt", 1)) == 1
+    if f"{prefix}_ALWAYS" in data or (f"{prefix}_ONCE" in data and first):
         raise InjectedFault(f"injected fault at {stage}")

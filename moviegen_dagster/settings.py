@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     model_pool_size: int = Field(default=3, alias="MOVIEGEN_MODEL_POOL_SIZE", ge=1)
 
     media_dir: Path | None = Field(default=None, alias="MOVIEGEN_MEDIA_DIR")
+    staging_dir: Path | None = Field(default=None, alias="MOVIEGEN_STAGING_DIR")
 
     # URL inputs: private/loopback hosts are refused unless listed (hosts or CIDRs).
     url_allowlist: str = Field(default="", alias="MOVIEGEN_URL_ALLOWLIST")
@@ -148,6 +149,11 @@ class Settings(BaseSettings):
     def media_root(self) -> Path:
         """Local media store root (embedded default)."""
         return (self.media_dir or self.home / "media").resolve()
+
+    @property
+    def staging_root(self) -> Path:
+        """Generated media waiting for delivery (a shared volume when workers span hosts)."""
+        return (self.staging_dir or self.home / "staging").resolve()
 
     @property
     def model_root(self) -> Path:

@@ -6,9 +6,12 @@ import dagster as dg
 
 from moviegen_dagster.assets.common import (
     OOM_RETRY,
+    Take,
     deliver,
     fetch_image,
+    reuse_staged,
     should_stop,
+    stage,
     task_run,
 )
 from moviegen_dagster.partitions import scenes
@@ -38,76 +41,80 @@ def character_image(
     from moviegen_dagster.generation.image import ImageRequest, build_prompt, generate_image
 
     with task_run(context, task_state) as run:
-        data = run.task["task_data"]
-        width, height = (int(v) for v in data.get("resolution", "1024x1024").split("x"))
-        prompt = build_prompt(data)
-        run.report(0.02, "fetching_inputs", force=True)
-        # The style guide leads: the pipeline weighs references in order.
-        ref_urls = [("style_guide", data["style_guide"])] if data.get("style_guide") else []
-        ref_urls += [
-            (f"reference_images[{i}]", u) for i, u in enumerate(data.get("reference_images", []))
-        ]
-        references = [fetch_image(url, what) for what, url in ref_urls]
+        take = reuse_staged(run, "jpg")
+        if take is None:
+            data = run.task["task_data"]
+            width, height = (int(v) for v in data.get("resolution", "1024x1024").split("x"))
+            prompt = build_prompt(data)
+            run.report(0.02, "fetching_inputs", force=True)
+            # The style guide leads: the pipeline weighs references in order.
+            ref_urls = [("style_guide", data["style_guide"])] if data.get("style_guide") else []
+            ref_urls += [
+                (f"reference_images[{i}]", u)
+                for i, u in enumerate(data.get("reference_images", []))
+            ]
+            references = [fetch_image(url, what) for what, url in ref_urls]
 
-        run.report(0.05, "loading_model", force=True)
-        t0 = time.monotonic()
-        pool = models.pool()
-        pipe = pool.get_pipeline(
-            kind="image",
-            model=catalog.image_model,
-            revision=catalog.image_revision,
-            dtype=models.dtype,
-            device=models.device,
-        )
-        load_s = time.monotonic() - t0
+            run.report(0.05, "loading_model", force=True)
+            t0 = time.monotonic()
+            pool = models.pool()
+            pipe = pool.get_pipeline(
+                kind="image",
+                model=catalog.image_model,
+                revision=catalog.image_revision,
+                dtype=models.dtype,
+                device=models.device,
+            )
+            load_s = time.monotonic() - t0
 
-        def on_step(step: int, total: int) -> None:
-            run.report(0.1 + 0.75 * step / total, "generating_image")
+            def on_step(step: int, total: int) -> None:
+                run.report(0.1 + 0.75 * step / total, "generating_image")
 
-        request = ImageRequest(
-            prompt=prompt,
-            width=width,
-            height=height,
-            seed=data.get("seed"),
-            steps=int(data.get("steps") or catalog.image_steps),
-            reference_images=references,
-        )
-        run.report(0.1, "generating_image", force=True)
-        image = generate_image(
-            pipe, request, on_step=on_step, should_stop=lambda: should_stop(context)
-        )
-        return deliver(
-            run,
-            media_store,
-            task_state,
-            payload_cms,
-            kind="images",
-            ext="jpg",
-            data=image.jpeg,
-            media_meta={
-                "resolution": f"{image.width}x{image.height}",
-                "format": "jpeg",
-                "seed": image.seed,
-                "model": catalog.image_model,
-                "steps": image.steps,
-                "work_units": (image.width * image.height) / (1024 * 1024),
-            },
-            provenance={
-                "prompt": prompt,
-                "reference_urls": ", ".join(url for _, url in ref_urls),
-                "model_revision": catalog.image_revision or "",
-                "model_load_seconds": round(load_s, 3),
-                "generation_seconds": round(image.generation_seconds, 3),
-                # Loads of this pipeline in this worker process: stays 1 while the model is
-                # resident, which is the point of long-lived workers.
-                "pipeline_loads": pool.load_count(
-                    PoolKey(
-                        "image",
-                        catalog.image_model,
-                        catalog.image_revision,
-                        models.dtype,
-                        models.device,
-                    )
+            request = ImageRequest(
+                prompt=prompt,
+                width=width,
+                height=height,
+                seed=data.get("seed"),
+                steps=int(data.get("steps") or catalog.image_steps),
+                reference_images=references,
+            )
+            run.report(0.1, "generating_image", force=True)
+            image = generate_image(
+                pipe, request, on_step=on_step, should_stop=lambda: should_stop(context)
+            )
+            take = stage(
+                run,
+                "jpg",
+                Take(
+                    data=image.jpeg,
+                    media_meta={
+                        "resolution": f"{image.width}x{image.height}",
+                        "format": "jpeg",
+                        "seed": image.seed,
+                        "model": catalog.image_model,
+                        "steps": image.steps,
+                        "work_units": (image.width * image.height) / (1024 * 1024),
+                    },
+                    provenance={
+                        "prompt": prompt,
+                        "reference_urls": ", ".join(url for _, url in ref_urls),
+                        "model_revision": catalog.image_revision or "",
+                        "model_load_seconds": round(load_s, 3),
+                        "generation_seconds": round(image.generation_seconds, 3),
+                        # Loads of this pipeline in this worker process: stays 1 while the model is
+                        # resident, which is the point of long-lived workers.
+                        "pipeline_loads": pool.load_count(
+                            PoolKey(
+                                "image",
+                                catalog.image_model,
+                                catalog.image_revision,
+                                models.dtype,
+                                models.device,
+                            )
+                        ),
+                    },
                 ),
-            },
+            )
+        return deliver(
+            run, media_store, task_state, payload_cms, kind="images", ext="jpg", take=take
         )

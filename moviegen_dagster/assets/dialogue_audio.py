@@ -4,7 +4,16 @@ import time
 
 import dagster as dg
 
-from moviegen_dagster.assets.common import OOM_RETRY, deliver, fetch_input, should_stop, task_run
+from moviegen_dagster.assets.common import (
+    OOM_RETRY,
+    Take,
+    deliver,
+    fetch_input,
+    reuse_staged,
+    should_stop,
+    stage,
+    task_run,
+)
 from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
@@ -34,74 +43,81 @@ def dialogue_audio(
     from moviegen_dagster.generation.speech import generate_speech, speech_request_from_task
 
     with task_run(context, task_state) as run:
-        data = run.task["task_data"]
-        run.report(0.02, "fetching_inputs", force=True)
-        voice_url = data["character_voice_profile"]
-        voice = fetch_input(voice_url, "character_voice_profile", VOICE_TYPES)
-        request = speech_request_from_task(data, voice)
-        request.sample_rate = int(data.get("sample_rate", 44100))
-        request.ambience_steps = catalog.ambience_steps
+        take = reuse_staged(run, "mp3")
+        if take is None:
+            data = run.task["task_data"]
+            run.report(0.02, "fetching_inputs", force=True)
+            voice_url = data["character_voice_profile"]
+            voice = fetch_input(voice_url, "character_voice_profile", VOICE_TYPES)
+            request = speech_request_from_task(data, voice)
+            request.sample_rate = int(data.get("sample_rate", 44100))
+            request.ambience_steps = catalog.ambience_steps
 
-        run.report(0.05, "loading_model", force=True)
-        t0 = time.monotonic()
-        pool = models.pool()
-        tts = pool.get_pipeline(
-            "tts", catalog.tts_model, catalog.tts_revision, models.dtype, models.device
-        )
-        ambience = None
-        if request.background_noise:
-            ambience = pool.get_pipeline(
-                "ambience",
-                catalog.ambience_model,
-                catalog.ambience_revision,
-                models.dtype,
-                models.device,
+            run.report(0.05, "loading_model", force=True)
+            t0 = time.monotonic()
+            pool = models.pool()
+            tts = pool.get_pipeline(
+                "tts", catalog.tts_model, catalog.tts_revision, models.dtype, models.device
             )
-        load_s = time.monotonic() - t0
+            ambience = None
+            if request.background_noise:
+                ambience = pool.get_pipeline(
+                    "ambience",
+                    catalog.ambience_model,
+                    catalog.ambience_revision,
+                    models.dtype,
+                    models.device,
+                )
+            load_s = time.monotonic() - t0
 
-        def on_step(step: int, total: int) -> None:
-            run.report(0.1 + 0.75 * step / total, "synthesizing_speech")
+            def on_step(step: int, total: int) -> None:
+                run.report(0.1 + 0.75 * step / total, "synthesizing_speech")
 
-        run.report(0.1, "synthesizing_speech", force=True)
-        speech = generate_speech(
-            tts, ambience, request, on_step=on_step, should_stop=lambda: should_stop(context)
-        )
-        models_used = catalog.tts_model + (f" + {catalog.ambience_model}" if ambience else "")
-        return deliver(
-            run,
-            media_store,
-            task_state,
-            payload_cms,
-            kind="audio",
-            ext="mp3",
-            data=speech.mp3,
-            media_meta={
-                "duration": round(speech.duration, 3),
-                "sample_rate": speech.sample_rate,
-                "channels": speech.channels,
-                "bitrate": speech.bitrate,
-                "format": "mp3",
-                "voice": speech.voice,
-                "seed": speech.seed,
-                "model": models_used,
-                "work_units": max(len(request.text), 1) / 40.0,
-            },
-            provenance={
-                "text": request.text,
-                "voice_profile_url": dg.MetadataValue.url(voice_url),
-                "emotion": request.emotion or "",
-                "pace": str(request.pace),
-                "background_noise": request.background_noise or "",
-                "ambience_gain_db": speech.ambience_gain_db
-                if speech.ambience_gain_db is not None
-                else 0.0,
-                "tts_model_revision": catalog.tts_revision or "",
-                "model_load_seconds": round(load_s, 3),
-                "generation_seconds": round(speech.generation_seconds, 3),
-                "pipeline_loads": pool.load_count(
-                    PoolKey(
-                        "tts", catalog.tts_model, catalog.tts_revision, models.dtype, models.device
-                    )
+            run.report(0.1, "synthesizing_speech", force=True)
+            speech = generate_speech(
+                tts, ambience, request, on_step=on_step, should_stop=lambda: should_stop(context)
+            )
+            models_used = catalog.tts_model + (f" + {catalog.ambience_model}" if ambience else "")
+            take = stage(
+                run,
+                "mp3",
+                Take(
+                    data=speech.mp3,
+                    media_meta={
+                        "duration": round(speech.duration, 3),
+                        "sample_rate": speech.sample_rate,
+                        "channels": speech.channels,
+                        "bitrate": speech.bitrate,
+                        "format": "mp3",
+                        "voice": speech.voice,
+                        "seed": speech.seed,
+                        "model": models_used,
+                        "work_units": max(len(request.text), 1) / 40.0,
+                    },
+                    provenance={
+                        "text": request.text,
+                        "voice_profile_url": voice_url,
+                        "emotion": request.emotion or "",
+                        "pace": str(request.pace),
+                        "background_noise": request.background_noise or "",
+                        "ambience_gain_db": speech.ambience_gain_db
+                        if speech.ambience_gain_db is not None
+                        else 0.0,
+                        "tts_model_revision": catalog.tts_revision or "",
+                        "model_load_seconds": round(load_s, 3),
+                        "generation_seconds": round(speech.generation_seconds, 3),
+                        "pipeline_loads": pool.load_count(
+                            PoolKey(
+                                "tts",
+                                catalog.tts_model,
+                                catalog.tts_revision,
+                                models.dtype,
+                                models.device,
+                            )
+                        ),
+                    },
                 ),
-            },
+            )
+        return deliver(
+            run, media_store, task_state, payload_cms, kind="audio", ext="mp3", take=take
         )

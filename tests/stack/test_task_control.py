@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from dagster import RunsFilter
+from dagster import DagsterEventType, RunsFilter
 
 from tests.conftest import PROJECT_A, RunningStack, poll
 
@@ -205,3 +205,25 @@ def test_killed_worker_never_leaves_its_task_processing(running_stack: RunningSt
     assert len(runs) == 2
     assert {r.status.value for r in runs} == {"FAILURE", "SUCCESS"}
     assert final["attempt"] == 2
+
+
+def test_retry_after_a_failed_upload_delivers_without_regenerating(
+    running_stack: RunningStack,
+) -> None:
+    with running_stack.client() as client:
+        task_id = running_stack.submit_image(
+            client, task_data={"character_description": "FAULT_UPLOAD_ONCE detective"}
+        )["task_id"]
+        failed = running_stack.wait_terminal(client, task_id)
+        assert failed["status"] == "failed" and "upload" in failed["error"]
+        assert client.post(f"/api/v1/tasks/{task_id}/retry").status_code == 202
+        done = running_stack.wait_terminal(client, task_id)
+    assert done["status"] == "completed", done
+    instance = running_stack.instance()
+    retry_run = _runs(running_stack, task_id)[0]
+    mats = instance.get_records_for_run(
+        retry_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    take = mats[0].asset_materialization.metadata  # type: ignore[union-attr]
+    assert take["reused_media"].value is True
+    assert take["seed"].value == done["result"]["metadata"]["seed"]
