@@ -30,6 +30,13 @@ def media_url(settings: Settings, key: str) -> str:
     return f"{settings.api_base_url}/media/{key}"
 
 
+def stable_media_url(settings: Settings, key: str) -> str:
+    """A URL that never expires: the public bucket URL, else the API's /media route."""
+    if settings.r2_configured and settings.r2_public_base_url:
+        return f"{settings.r2_public_base_url.rstrip('/')}/{key}"
+    return f"{settings.api_base_url}/media/{key}"
+
+
 def with_fresh_url(settings: Settings, result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A stored result with media_url derived from its key now (presigned URLs expire)."""
     if not result or not result.get("media_key"):

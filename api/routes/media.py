@@ -1,16 +1,21 @@
-"""Media route: files of the local media store (the embedded default; R2 serves its own URLs)."""
+"""Media route: files of the local media store, or a redirect to a freshly signed R2 URL.
+
+With R2 and no public bucket URL, `/media/{key}` is the stable link that never expires (what
+PayloadCMS stores in url mode); each request is redirected to a new presigned URL.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from api.deps import SettingsDep
 from api.errors import ERROR_RESPONSES, ApiError
 from moviegen_dagster.ids import CONTENT_TYPES
 from moviegen_dagster.ids import MEDIA_KEY_PATTERN as _KEY_RE
+from moviegen_dagster.media_urls import media_url
 
 router = APIRouter(tags=["media"], responses=ERROR_RESPONSES)
 
@@ -30,8 +35,12 @@ def resolve_media(root: Path, key: str, raw_path: bytes) -> Path | None:
 
 
 @router.get("/media/{key:path}", response_class=FileResponse)
-def get_media(key: str, request: Request, settings: SettingsDep) -> FileResponse:
+def get_media(key: str, request: Request, settings: SettingsDep) -> Response:
     """A produced image, video or audio file (no key: media keys are unguessable)."""
+    if settings.r2_configured:
+        if b"%" in (request.scope.get("raw_path") or b"") or not _KEY_RE.fullmatch(key):
+            raise ApiError(404, MEDIA_NOT_FOUND)
+        return RedirectResponse(media_url(settings, key), status_code=307)
     root = settings.media_root
     path = resolve_media(root, key, request.scope.get("raw_path") or b"")
     if path is None:

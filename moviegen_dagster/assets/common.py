@@ -16,6 +16,8 @@ import dagster as dg
 from moviegen_dagster import faults, tags, worker_state
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.ids import CONTENT_TYPES, media_key
+from moviegen_dagster.media_urls import stable_media_url
+from moviegen_dagster.settings import get_settings
 from resources.media_store import MediaStore
 from resources.payload import PayloadCMS, generation_metadata
 from resources.task_state import ProgressReporter, TaskStateResource
@@ -111,7 +113,6 @@ def should_stop(context: dg.AssetExecutionContext) -> bool:
 def fetch_input(url: str, what: str, accept: tuple[str, ...]) -> bytes:
     """Fetch one URL input under the SSRF rules; a refusal fails the task naming the input."""
     from moviegen_dagster.fetch import Allowlist, FetchError, fetch
-    from moviegen_dagster.settings import get_settings
 
     settings = get_settings()
     try:
@@ -157,8 +158,6 @@ class Take:
 
 
 def _staging(task_id: str, ext: str) -> tuple[Path, Path]:
-    from moviegen_dagster.settings import get_settings
-
     root = get_settings().staging_root
     return root / f"{task_id}.{ext}", root / f"{task_id}.{ext}.json"
 
@@ -214,9 +213,16 @@ def deliver(
         fields = generation_metadata(
             run.task["project_id"], run.task_id, run.task["task_type"], key, meta
         )
+        cms_started = time.monotonic()
+        # Payload keeps the link for good: never a presigned URL that expires.
         payload_id = payload_cms.register(
-            url, data, key.rsplit("/", 1)[1], CONTENT_TYPES[ext], fields
+            stable_media_url(get_settings(), key),
+            data,
+            key.rsplit("/", 1)[1],
+            CONTENT_TYPES[ext],
+            fields,
         )
+        provenance = {**provenance, "cms_seconds": round(time.monotonic() - cms_started, 3)}
     result = {"media_key": key, "media_url": url, "payload_media_id": payload_id, "metadata": meta}
     state.save_result(run.task_id, result)
     run.report(0.98, "upload_complete", force=True)

@@ -145,6 +145,10 @@ def test_quickstart_scenario_1_reaches_r2_payload_and_the_callback(
     assert record["resolution"] == "320x180" and record["fps"] == 24
     assert record["file_size"] == len(media.content)
     assert str(record["seed"]) == str(result["metadata"]["seed"])
+    # Payload keeps a link that never expires: the API's /media route, redirecting to R2.
+    assert record["url"] == f"{r2_stack.api_url}/media/{key}"
+    via_api = httpx.get(record["url"], follow_redirects=True, timeout=30)
+    assert via_api.status_code == 200 and via_api.content == media.content
 
     hooks = poll(lambda: asset_server.received.get("/s1/hook"), timeout=60)
     headers, raw = hooks[0]
