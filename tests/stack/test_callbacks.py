@@ -35,13 +35,22 @@ def test_each_terminal_state_posts_one_signed_callback(
         assert payload["event"] == event and payload["task_id"] == task_id
         assert lowered["webhook-id"].startswith("msg_")
     assert json.loads(done[0][1])["result"]["media_url"]
-    # Exactly one event per terminal state, delivered on its first attempt.
-    with psycopg.connect(running_stack.env["DATABASE_URL"]) as conn:
-        rows = conn.execute(
-            "SELECT task_id::text, event, attempts, delivered_at IS NOT NULL "
-            "FROM moviegen.webhook_outbox WHERE task_id = ANY(%s::uuid[]) ORDER BY event",
-            ([cancelled, completed],),
-        ).fetchall()
+
+    # Exactly one event per terminal state, delivered on its first attempt. The receiver sees
+    # the POST a moment before the sender records the outcome, so wait for the record.
+    def outbox() -> list[tuple[str, str, int, bool]]:
+        with psycopg.connect(running_stack.env["DATABASE_URL"]) as conn:
+            return conn.execute(
+                "SELECT task_id::text, event, attempts, delivered_at IS NOT NULL "
+                "FROM moviegen.webhook_outbox WHERE task_id = ANY(%s::uuid[]) ORDER BY event",
+                ([cancelled, completed],),
+            ).fetchall()
+
+    def all_recorded() -> list[tuple[str, str, int, bool]] | None:
+        rows = outbox()
+        return rows if len(rows) == 2 and all(row[3] for row in rows) else None
+
+    rows = poll(all_recorded, timeout=60)
     assert rows == [
         (cancelled, "task.cancelled", 1, True),
         (completed, "task.completed", 1, True),
