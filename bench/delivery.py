@@ -16,9 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 from dagster import DagsterEventType, RunsFilter
-from moto.server import ThreadedMotoServer
 
 from bench.common import (
     ONE_WORKER,
@@ -50,27 +48,18 @@ class _Receiver(BaseHTTPRequestHandler):
 def main() -> None:
     """Run the benchmark and print/write its numbers."""
     from tests.payload_support import running_payload
+    from tests.s3_support import moto_s3
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=10)
     args = parser.parse_args()
 
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket="bench")
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     try:
         with (
+            moto_s3("bench") as endpoint,
             running_payload(Path(tempfile.mkdtemp(prefix="bench-payload-"))) as payload,
             bench_stack(
                 workers=ONE_WORKER,
@@ -124,7 +113,6 @@ def main() -> None:
             write_results("delivery", results)
     finally:
         receiver.shutdown()
-        moto.stop()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -15,8 +15,6 @@ class WorkerSlot:
     current_task_id: str | None = None
     current_run_id: str | None = None
     tasks_completed: int = 0
-    busy_since: float | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 # Set by the Celery worker's process-init hook; None when ops run elsewhere (tests, CLI).

@@ -142,6 +142,37 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         yield stack
 
 
+def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (160, 90)) -> bytes:
+    """A small solid-colour JPEG (storyboard frames, reference images)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def scene_task(frames: list[str], **task_data: Any) -> dict[str, Any]:
+    """The quickstart's scenario 1 submission (a short scene by default), with overrides."""
+    return {
+        "project_id": PROJECT_A,
+        "task_type": "generate_video",
+        "task_data": {
+            "storyboard_images": frames,
+            "scene_description": "Detective enters the dark alley",
+            "camera_angle": "wide_shot",
+            "lighting": "noir_dramatic",
+            "character_positions": ["detective_center"],
+            "audio_cues": ["footsteps", "rain_ambience"],
+            "duration": 2.0,
+            **task_data,
+        },
+        "priority": 1,
+        "metadata": {"user_id": "user123", "agent_id": "video_agent", "scene_id": "scene_005"},
+    }
+
+
 class AssetServer:
     """A real HTTP server on 127.0.0.1 serving test inputs (storyboards, voices, references)."""
 

@@ -5,16 +5,15 @@ import time
 import dagster as dg
 
 from moviegen_dagster.assets.common import (
-    OOM_RETRY,
     Take,
     deliver,
     fetch_image,
+    media_asset,
     reuse_staged,
     should_stop,
     stage,
     task_run,
 )
-from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
 from resources.models import ModelPoolResource, PoolKey
@@ -22,13 +21,7 @@ from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
 
-@dg.asset(
-    partitions_def=scenes,
-    retry_policy=OOM_RETRY,
-    group_name="characters",
-    kinds={"image", "jpeg"},
-    metadata={"partition_key": "{project_id}/{character_id}"},
-)
+@media_asset("characters", {"image", "jpeg"}, "character_id")
 def character_image(
     context: dg.AssetExecutionContext,
     task_state: TaskStateResource,

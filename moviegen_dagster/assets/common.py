@@ -32,6 +32,19 @@ OOM_RETRY = dg.RetryPolicy(
 DELIVERY_ERRORS = {"MediaUploadError": "upload_failed", "PayloadError": "cms_registration_failed"}
 
 
+def media_asset(group_name: str, kinds: set[str], subject: str) -> Any:
+    """The decorator of a media asset: one partition per project/subject, OOM retried."""
+    from moviegen_dagster.partitions import scenes
+
+    return dg.asset(
+        partitions_def=scenes,
+        retry_policy=OOM_RETRY,
+        group_name=group_name,
+        kinds=kinds,
+        metadata={"partition_key": f"{{project_id}}/{{{subject}}}"},
+    )
+
+
 @dataclass
 class TaskRun:
     """The task a run carries, with its progress reporter."""

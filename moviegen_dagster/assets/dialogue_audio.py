@@ -5,16 +5,15 @@ import time
 import dagster as dg
 
 from moviegen_dagster.assets.common import (
-    OOM_RETRY,
     Take,
     deliver,
     fetch_input,
+    media_asset,
     reuse_staged,
     should_stop,
     stage,
     task_run,
 )
-from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
 from resources.models import ModelPoolResource, PoolKey
@@ -24,13 +23,7 @@ from resources.task_state import TaskStateResource
 VOICE_TYPES = ("audio/", "application/octet-stream")
 
 
-@dg.asset(
-    partitions_def=scenes,
-    retry_policy=OOM_RETRY,
-    group_name="dialogue",
-    kinds={"audio", "mp3"},
-    metadata={"partition_key": "{project_id}/{dialogue_id}"},
-)
+@media_asset("dialogue", {"audio", "mp3"}, "dialogue_id")
 def dialogue_audio(
     context: dg.AssetExecutionContext,
     task_state: TaskStateResource,

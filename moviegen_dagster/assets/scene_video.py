@@ -5,16 +5,15 @@ import time
 import dagster as dg
 
 from moviegen_dagster.assets.common import (
-    OOM_RETRY,
     Take,
     deliver,
     fetch_image,
+    media_asset,
     reuse_staged,
     should_stop,
     stage,
     task_run,
 )
-from moviegen_dagster.partitions import scenes
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
 from resources.models import ModelPoolResource, PoolKey
@@ -25,13 +24,7 @@ from resources.task_state import TaskStateResource
 PHASES = {"generating_audio": 0.8, "encoding": 0.85}
 
 
-@dg.asset(
-    partitions_def=scenes,
-    retry_policy=OOM_RETRY,
-    group_name="scenes",
-    kinds={"video", "mp4"},
-    metadata={"partition_key": "{project_id}/{scene_id}"},
-)
+@media_asset("scenes", {"video", "mp4"}, "scene_id")
 def scene_video(
     context: dg.AssetExecutionContext,
     task_state: TaskStateResource,

@@ -13,6 +13,7 @@ from typing import Any
 
 import PIL.Image
 
+from moviegen_dagster.generation.common import labelled, sentence
 from moviegen_dagster.generation.errors import GenerationCancelled
 
 # Limits checked before the model is touched; the API may be stricter, never looser.
@@ -54,25 +55,11 @@ class ImageResult:
     generation_seconds: float
 
 
-def _words(value: str) -> str:
-    """Turn an enum-like value such as "standing_confident" into "standing confident"."""
-    return " ".join(value.replace("_", " ").replace("-", " ").split())
-
-
 def build_prompt(task_data: dict[str, Any]) -> str:
     """Deterministic prompt from a task's character_description, pose and lighting."""
-    description = task_data.get("character_description")
-    if not isinstance(description, str) or not description.strip():
-        raise ValueError("character_description: a non-empty string is required")
-    parts = [f"Character design: {' '.join(description.split()).rstrip('.')}."]
-    for name, label in (("pose", "Pose"), ("lighting", "Lighting")):
-        value = task_data.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: must be a string")
-        if value.strip():
-            parts.append(f"{label}: {_words(value)}.")
+    description = sentence(task_data, "character_description")
+    parts = [f"Character design: {description}"]
+    parts += labelled(task_data, (("pose", "Pose"), ("lighting", "Lighting")))
     return " ".join(parts)
 
 

@@ -33,6 +33,7 @@ import av
 import av.filter
 import numpy as np
 
+from moviegen_dagster.generation.common import words
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.generation.tiny_audio import TTS_CODEC_SUBFOLDER
 from resources.models import PoolKey, register_loader
@@ -160,11 +161,6 @@ class SpeechModel:
 # Input validation
 
 
-def _words(value: str) -> str:
-    """Turn an enum-like value such as "rain_ambience" into "rain ambience"."""
-    return " ".join(value.replace("_", " ").replace("-", " ").split())
-
-
 def resolve_pace(pace: Any) -> float:
     """Speaking-rate factor of a pace preset name or number; ValueError naming `pace`."""
     if isinstance(pace, str):
@@ -191,7 +187,7 @@ def resolve_emotion(emotion: str | None) -> Prosody:
         return EMOTIONS["neutral"]
     if not isinstance(emotion, str):
         raise ValueError(f"emotion: must be a string, got {emotion!r}")
-    name = "_".join(_words(emotion).lower().split())
+    name = "_".join(words(emotion).lower().split())
     if not name:
         return EMOTIONS["neutral"]
     name = EMOTION_ALIASES.get(name, name)
@@ -207,12 +203,12 @@ def ambience_prompt(background_noise: str | None) -> str | None:
         return None
     if not isinstance(background_noise, str):
         raise ValueError(f"background_noise: must be a string, got {background_noise!r}")
-    words = _words(background_noise)
-    if not words or words.lower() == "none":
+    phrase = words(background_noise)
+    if not phrase or phrase.lower() == "none":
         return None
-    if len(words) > MAX_BACKGROUND_CHARS:
+    if len(phrase) > MAX_BACKGROUND_CHARS:
         raise ValueError(f"background_noise: at most {MAX_BACKGROUND_CHARS} characters")
-    return f"{words}, continuous ambient background sound, no speech"
+    return f"{phrase}, continuous ambient background sound, no speech"
 
 
 def prepare_text(text: str, prosody: Prosody) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from moviegen_dagster.generation.common import build_atomically
 
 # Bumped whenever a tiny architecture changes, so stale directories are easy to spot.
 TINY_TTS_VERSION = 1
@@ -54,26 +53,6 @@ _AMBIENCE_TEXT_DIM = 16
 # Latent frames of the tiny DiT. With the VAE hop of 2048 samples (like the real Stable Audio
 # Open VAE), 216 frames cover 216 * 2048 / 44100 = 10.03 s, and a 10 s render takes seconds.
 AMBIENCE_SAMPLE_SIZE = 216
-
-
-def _build_atomically(target_dir: Path, marker: str, write: Callable[[Path], None]) -> Path:
-    """Run write(staging) in a sibling temp dir and rename it to target_dir once complete."""
-    target_dir = Path(target_dir)
-    if (target_dir / marker).exists():
-        return target_dir
-    # A crash never leaves a half-written model that the idempotency check above would accept.
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}-", dir=target_dir.parent))
-    try:
-        write(staging)
-        staging.rename(target_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if (target_dir / marker).exists():
-            # Another process finished the same build first: its copy is just as good.
-            return target_dir
-        raise
-    return target_dir
 
 
 def _build_tts_tokenizer() -> Any:
@@ -188,7 +167,7 @@ def build_tiny_tts_model(target_dir: Path) -> Path:
         codec.save_pretrained(staging / TTS_CODEC_SUBFOLDER)
         (staging / "tiny.json").write_text(json.dumps({"tiny_tts_version": TINY_TTS_VERSION}))
 
-    return _build_atomically(Path(target_dir), "tiny.json", write)
+    return build_atomically(Path(target_dir), "tiny.json", write)
 
 
 def _build_ambience_tokenizer() -> Any:
@@ -287,4 +266,4 @@ def build_tiny_ambience_model(target_dir: Path) -> Path:
             json.dumps({"tiny_ambience_version": TINY_AMBIENCE_VERSION})
         )
 
-    return _build_atomically(Path(target_dir), "tiny.json", write)
+    return build_atomically(Path(target_dir), "tiny.json", write)

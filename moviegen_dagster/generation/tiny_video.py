@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from moviegen_dagster.generation.common import build_atomically
 
 # Bumped whenever the tiny architecture changes, so stale directories are easy to spot.
 TINY_VIDEO_VERSION = 1
@@ -238,15 +238,8 @@ def build_tiny_video_model(target_dir: Path) -> Path:
         vocoder=vocoder,
     )
 
-    # Save into a sibling temp dir and rename, so a crash never leaves a half-written model
-    # that the idempotency check above would accept.
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}-", dir=target_dir.parent))
-    try:
+    def write(staging: Path) -> None:
         pipe.save_pretrained(staging)
         (staging / TINY_MARKER).write_text(json.dumps({"tiny_video_version": TINY_VIDEO_VERSION}))
-        staging.rename(target_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target_dir
+
+    return build_atomically(target_dir, "model_index.json", write)

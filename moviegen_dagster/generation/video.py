@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from moviegen_dagster.generation.common import labelled, sentence, words
 from moviegen_dagster.generation.encode_video import (
     AUDIO_CODEC,
     VIDEO_CODEC,
@@ -114,11 +115,6 @@ class ClipPlan:
     keyframes: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _words(value: str) -> str:
-    """Turn an enum-like value such as "noir_dramatic" into "noir dramatic"."""
-    return " ".join(value.replace("_", " ").replace("-", " ").split())
-
-
 def _labels(task_data: dict[str, Any], name: str) -> list[str]:
     """A task_data field holding one label or a list of labels, as cleaned words."""
     value = task_data.get(name)
@@ -127,23 +123,13 @@ def _labels(task_data: dict[str, Any], name: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise ValueError(f"{name}: must be a string or a list of strings")
-    return [_words(item) for item in items if item.strip()]
+    return [words(item) for item in items if item.strip()]
 
 
 def build_video_prompt(task_data: dict[str, Any]) -> str:
     """Deterministic prompt from the scene, camera, lighting, character positions, audio cues."""
-    description = task_data.get("scene_description")
-    if not isinstance(description, str) or not description.strip():
-        raise ValueError("scene_description: a non-empty string is required")
-    parts = [f"{' '.join(description.split()).rstrip('.')}."]
-    for name, label in (("camera_angle", "Camera"), ("lighting", "Lighting")):
-        value = task_data.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: must be a string")
-        if value.strip():
-            parts.append(f"{label}: {_words(value)}.")
+    parts = [sentence(task_data, "scene_description")]
+    parts += labelled(task_data, (("camera_angle", "Camera"), ("lighting", "Lighting")))
     positions = _labels(task_data, "character_positions")
     if positions:
         parts.append(f"Character positions: {', '.join(positions)}.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import socket
 import time
 import uuid
@@ -13,18 +12,17 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-import boto3
 import dagster as dg
 import httpx
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from dagster_aws.s3 import S3Resource
-from moto.server import ThreadedMotoServer
 
 from moviegen_dagster.ids import media_key
 from moviegen_dagster.r2_urls import presign_get
 from resources.media_store import MediaStore
 from resources.r2_store import MediaUploadError, R2MediaStore
+from tests.s3_support import moto_s3, s3_client
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
@@ -36,19 +34,8 @@ PROJECT = "proj_r2"
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """One moto S3 server per module, on a free loopback port, stopped at module end."""
-    with pytest.MonkeyPatch.context() as mp:
-        # Nothing may leave 127.0.0.1: no proxy, no profile or endpoint from the environment.
-        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-            mp.delenv(var.lower(), raising=False)
-        mp.setattr(logging.getLogger("werkzeug"), "level", logging.WARNING)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +47,8 @@ def bucket(endpoint: str) -> str:
 
 
 def raw_client(endpoint: str) -> Any:
-    """A plain boto3 client for assertions, independent of the store under test."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
+    """A boto3 client outside the store under test."""
+    return s3_client(endpoint)
 
 
 def make_store(endpoint: str, bucket: str, **overrides: Any) -> R2MediaStore:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
-from PIL import Image
-
-from tests.conftest import AssetServer, RunningStack
-
-
-def _jpeg(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (96, 64), color).save(buf, "JPEG")
-    return buf.getvalue()
+from tests.conftest import AssetServer, RunningStack, jpeg
 
 
 def test_references_condition_the_take_and_bad_ones_fail_clearly(
     running_stack: RunningStack, asset_server: AssetServer
 ) -> None:
-    style = asset_server.add("/noir_style.jpg", "image/jpeg", _jpeg((20, 20, 30)))
-    ref = asset_server.add("/ref1.jpg", "image/jpeg", _jpeg((200, 180, 150)))
+    style = asset_server.add("/noir_style.jpg", "image/jpeg", jpeg((20, 20, 30), (96, 64)))
+    ref = asset_server.add("/ref1.jpg", "image/jpeg", jpeg((200, 180, 150), (96, 64)))
     fake = asset_server.add("/fake.jpg", "image/jpeg", b"this is not a jpeg")
     with running_stack.client() as client:
         good = running_stack.submit_image(

@@ -7,41 +7,18 @@ import io
 import av
 import httpx
 from dagster import RunsFilter
-from PIL import Image
 
-from tests.conftest import PROJECT_A, AssetServer, RunningStack
-
-
-def _frame(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (160, 90), color).save(buf, "JPEG")
-    return buf.getvalue()
+from tests.conftest import PROJECT_A, AssetServer, RunningStack, jpeg, poll, scene_task
 
 
 def test_scene_video_is_an_h264_aac_mp4_in_the_delivery_format(
     running_stack: RunningStack, asset_server: AssetServer
 ) -> None:
     frames = [
-        asset_server.add("/frame1.jpg", "image/jpeg", _frame((30, 30, 60))),
-        asset_server.add("/frame2.jpg", "image/jpeg", _frame((90, 60, 30))),
+        asset_server.add("/frame1.jpg", "image/jpeg", jpeg((30, 30, 60))),
+        asset_server.add("/frame2.jpg", "image/jpeg", jpeg((90, 60, 30))),
     ]
-    body = {
-        "project_id": PROJECT_A,
-        "task_type": "generate_video",
-        "task_data": {
-            "storyboard_images": frames,
-            "scene_description": "Detective enters the dark alley",
-            "camera_angle": "wide_shot",
-            "lighting": "noir_dramatic",
-            "character_positions": ["detective_center"],
-            "audio_cues": ["footsteps", "rain_ambience"],
-            "duration": 2.0,
-            "resolution": "640x360",
-            "fps": 24,
-        },
-        "priority": 1,
-        "metadata": {"scene_id": "scene_005"},
-    }
+    body = scene_task(frames, resolution="640x360", fps=24)
     with running_stack.client() as client:
         resp = client.post("/api/v1/tasks/submit", json=body)
         assert resp.status_code == 202, resp.text
@@ -52,8 +29,6 @@ def test_scene_video_is_an_h264_aac_mp4_in_the_delivery_format(
             doc = client.get(f"/api/v1/tasks/{task_id}/status").json()
             steps.add(doc["current_step"])
             return doc if doc["status"] in ("completed", "failed", "cancelled") else None
-
-        from tests.conftest import poll
 
         doc = poll(done, timeout=300, interval=0.1)
     assert doc["status"] == "completed", doc

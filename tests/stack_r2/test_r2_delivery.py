@@ -5,36 +5,32 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
 
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 from standardwebhooks import Webhook
 
-from tests.conftest import KEY_A, PROJECT_A, AssetServer, RunningStack, poll, start_stack
+from tests.conftest import (
+    KEY_A,
+    PROJECT_A,
+    AssetServer,
+    RunningStack,
+    jpeg,
+    poll,
+    scene_task,
+    start_stack,
+)
 from tests.payload_support import PayloadInstance, running_payload
+from tests.s3_support import moto_s3, s3_client
 
 BUCKET = "moviegen-media"
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +68,7 @@ def test_take_is_stored_in_r2_under_the_project_and_served_by_presigned_url(
         assert doc["status"] == "completed", doc
         again = client.get(f"/api/v1/tasks/{task_id}/status").json()
     key = f"{PROJECT_A}/images/{task_id}.jpg"
-    s3: Any = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    s3 = s3_client(s3_endpoint)
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentType"] == "image/jpeg"
     assert head["ContentLength"] == doc["result"]["metadata"]["file_size"]
@@ -92,36 +82,17 @@ def test_take_is_stored_in_r2_under_the_project_and_served_by_presigned_url(
     assert Image.open(io.BytesIO(media.content)).size == (256, 256)
 
 
-def _frame(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (160, 90), color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def test_quickstart_scenario_1_reaches_r2_payload_and_the_callback(
     r2_stack: RunningStack, payload: PayloadInstance, asset_server: AssetServer
 ) -> None:
     """Video task → object under the project prefix in R2, Payload record, signed callback."""
     frames = [
-        asset_server.add("/s1/frame1.jpg", "image/jpeg", _frame((20, 20, 40))),
-        asset_server.add("/s1/frame2.jpg", "image/jpeg", _frame((60, 40, 20))),
+        asset_server.add("/s1/frame1.jpg", "image/jpeg", jpeg((20, 20, 40))),
+        asset_server.add("/s1/frame2.jpg", "image/jpeg", jpeg((60, 40, 20))),
     ]
     body = {
-        "project_id": PROJECT_A,
-        "task_type": "generate_video",
-        "task_data": {
-            "storyboard_images": frames,
-            "scene_description": "Detective enters the dark alley",
-            "camera_angle": "wide_shot",
-            "lighting": "noir_dramatic",
-            "character_positions": ["detective_center"],
-            "audio_cues": ["footsteps", "rain_ambience"],
-            "duration": 2.0,
-            "resolution": "320x180",
-        },
-        "priority": 1,
+        **scene_task(frames, resolution="320x180"),
         "callback_url": asset_server.url + "/s1/hook",
-        "metadata": {"user_id": "user123", "agent_id": "video_agent", "scene_id": "scene_005"},
     }
     with r2_stack.client() as client:
         resp = client.post("/api/v1/tasks/submit", json=body)
