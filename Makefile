@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck bench install clean
+.PHONY: up test reliability lint typecheck bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy moviegen_dagster api resources sensors
 	$(BIN)/python -m pytest
+
+# The fault and abuse suite alone (`make test` runs it too).
+reliability: $(STAMP)
+	$(BIN)/python -m pytest tests/reliability -m reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import email.message
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from api.errors import ApiError
-from moviegen_dagster import keys, store
+from moviegen_dagster import keys, limits, store
 from moviegen_dagster.db import DictPool
 from moviegen_dagster.keys import Caller
 from moviegen_dagster.settings import Settings
@@ -22,8 +23,11 @@ _KEY_QUERY_PARAMS = {"api_key", "apikey", "api-key", "x-api-key", "x_api_key", "
 class TaskDispatcher(Protocol):
     """What the API needs from the Dagster side (moviegen_dagster.dispatch.Dispatcher)."""
 
-    def submit(self, new: store.NewTask) -> store.Row:
-        """Commit the task (queued) and launch its run; launch failures are left to a sensor."""
+    def submit(
+        self, new: store.NewTask, admission: limits.Admission | None = None
+    ) -> limits.Admitted:
+        """Admit and commit the task (queued), then launch its run; launch failures are left
+        to a sensor. Raises IdempotencyConflict, RateLimited or QueueFull when refused."""
         ...
 
     def status(self, row: store.Row) -> store.Row:
@@ -65,7 +69,13 @@ def get_dispatcher(request: Request) -> TaskDispatcher:
     return dispatcher
 
 
+def get_now() -> datetime:
+    """The current time for expiry and rate limits (tests override this dependency)."""
+    return datetime.now(UTC)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+NowDep = Annotated[datetime, Depends(get_now)]
 PoolDep = Annotated[DictPool, Depends(get_pool)]
 DispatcherDep = Annotated[TaskDispatcher, Depends(get_dispatcher)]
 

@@ -7,14 +7,16 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import httpx
 import psycopg
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from moviegen_dagster import dispatch
+from moviegen_dagster import dispatch, idempotency, limits
 
 log = logging.getLogger("moviegen.api")
 
@@ -28,6 +30,7 @@ CODE_BY_STATUS: dict[int, str] = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
 }
@@ -138,10 +141,30 @@ def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, message, code="validation_error", field=field)
 
 
+# FastAPI answers every JSON body failure other than a syntax error with this bare detail:
+# nesting past Python's recursion limit, integers over its 4,300-digit limit, bytes that are
+# not UTF-8. The exception it chains says which.
+_BODY_PARSE_FAILED = "There was an error parsing the body"
+
+
+def _body_parse_message(cause: BaseException | None) -> str:
+    """A client-facing reason for a JSON body Python's decoder gave up on."""
+    if isinstance(cause, RecursionError):
+        return "body: malformed JSON (nested too deeply)"
+    if isinstance(cause, UnicodeDecodeError):
+        return "body: malformed JSON (not valid UTF-8)"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "body: malformed JSON (a number has too many digits)"
+    return "body: malformed JSON"
+
+
 def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     """Starlette/FastAPI HTTPExceptions (routing 404/405 included) in the common shape."""
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status == 400 and exc.detail == _BODY_PARSE_FAILED:
+        message = _body_parse_message(exc.__cause__)
+        return error_response(400, message, code="invalid_json", field="body")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
     return error_response(status, message, headers=exc.headers)
 
@@ -159,18 +182,77 @@ def _conflict_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, str(exc) or "the task's state does not allow this")
 
 
-def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Database or broker down: 503 so clients retry, without internals in the message."""
-    log.warning("%s %s: backend unavailable: %s", request.method, request.url.path, exc)
+def _idempotency_conflict_handler(request: Request, exc: Exception) -> JSONResponse:
+    """An Idempotency-Key reused with a different body: 409 naming the header."""
+    return error_response(409, str(exc), code="idempotency_conflict", field=idempotency.HEADER)
+
+
+def _refused_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Rate limit or queue cap reached: 429 with the computed Retry-After."""
+    assert isinstance(exc, limits.Refused)
+    return error_response(
+        429, str(exc), code=exc.code, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
+# Exceptions that mean a backing service (PostgreSQL, Redis, dagster-webserver) could not be
+# reached. PoolTimeout and PoolClosed are psycopg OperationalErrors; httpx.TransportError
+# covers refused connections and timeouts talking to dagster-webserver.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    dispatch.Unavailable,
+    psycopg.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+# The same from libraries the API does not import itself (Dagster's storage), by class name.
+_UNAVAILABLE_NAMES = frozenset(
+    {
+        "sqlalchemy.exc.OperationalError",
+        "psycopg2.OperationalError",
+    }
+)
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, means a backing service is unreachable."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UNAVAILABLE):
+            return True
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500:
+            return True
+        if any(f"{c.__module__}.{c.__qualname__}" in _UNAVAILABLE_NAMES for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _unavailable_response(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: backend unavailable: %r", request.method, request.url.path, exc)
     return error_response(
         503,
-        "the task service cannot reach its database or broker; try again shortly",
+        "the task service cannot reach its database, broker or run orchestrator; try again shortly",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 
+def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A backing service down: 503 so clients retry, without internals in the message."""
+    if is_unavailable(exc):
+        return _unavailable_response(request, exc)
+    # An HTTPStatusError below 500 (dagster-webserver refusing a request) is a bug here.
+    return _internal_handler(request, exc)
+
+
 def _internal_handler(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected: logged with its traceback here, a generic message to the client."""
+    if is_unavailable(exc):
+        # Raised from an unreachable service further down (e.g. Dagster's storage).
+        return _unavailable_response(request, exc)
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error")
 
@@ -181,9 +263,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(ApiError, _api_error_handler)
     app.add_exception_handler(dispatch.Conflict, _conflict_handler)
-    app.add_exception_handler(dispatch.Unavailable, _unavailable_handler)
-    # PoolTimeout and PoolClosed are OperationalErrors too.
-    app.add_exception_handler(psycopg.OperationalError, _unavailable_handler)
+    app.add_exception_handler(idempotency.IdempotencyConflict, _idempotency_conflict_handler)
+    app.add_exception_handler(limits.Refused, _refused_handler)
+    for exc_type in (*UNAVAILABLE, httpx.HTTPStatusError):
+        app.add_exception_handler(exc_type, _unavailable_handler)
     # Exception goes to Starlette's outermost ServerErrorMiddleware, so it also catches
     # failures in middleware; that middleware re-raises afterwards for the server's log.
     app.add_exception_handler(Exception, _internal_handler)
@@ -192,5 +275,8 @@ def install(app: FastAPI) -> None:
 # OpenAPI: documenting "4XX" also stops FastAPI from advertising a 422 it never sends.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorResponse, "description": "Client error in the common error shape."},
-    503: {"model": ErrorResponse, "description": "Database or broker unavailable; retry later."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Database, broker or Dagster unavailable; retry after Retry-After.",
+    },
 }

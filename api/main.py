@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import TaskDispatcher
 from api.middleware import BodyLimitMiddleware
-from api.routes import media, projects, system, tasks
+from api.routes import backfills, events, media, metrics, projects, system, tasks
 from moviegen_dagster import db, keys
 from moviegen_dagster.dispatch import Dispatcher
+from moviegen_dagster.logs import TaskLogContextMiddleware
 from moviegen_dagster.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -77,10 +83,46 @@ def create_app(
         description=DESCRIPTION,
         version=_version(),
         lifespan=lifespan,
+        # The docs pages load their scripts from the API itself (below), never from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    for module in (tasks, projects, system, media):
+    app.add_middleware(TaskLogContextMiddleware)
+    for module in (tasks, events, projects, backfills, system, media, metrics):
         app.include_router(module.router)
+    _serve_docs(app)
     return app
+
+
+# Swagger UI 5 and ReDoc, as packaged by fastapi-offline: the docs work without internet access.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_STATIC = "/docs-static"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Interactive API docs at /docs (Swagger UI) and /redoc, with locally served assets."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - API docs",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - API reference",
+            redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )

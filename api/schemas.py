@@ -277,6 +277,19 @@ def _error_message(error: Any) -> str | None:
     return str(error)
 
 
+class TaskAttempt(BaseModel):
+    """One execution of a task's generation step."""
+
+    attempt: int
+    run_id: str | None = None
+    low_memory: bool = Field(
+        default=False, description="Ran with memory savings after an out-of-memory error."
+    )
+    started_at: UtcDateTime | None = None
+    ended_at: UtcDateTime | None = None
+    error: str | None = Field(default=None, description="Why it ended; null if it succeeded.")
+
+
 class TaskStatus(BaseModel):
     """A task's state, progress and, once completed, its result."""
 
@@ -290,6 +303,16 @@ class TaskStatus(BaseModel):
     started_at: UtcDateTime | None
     completed_at: UtcDateTime | None
     attempt: int = Field(description="1 for the first execution, +1 per retry.")
+    parent_task_id: uuid.UUID | None = Field(
+        default=None,
+        description="The task this one is a new take of (a re-materialization from the Dagster "
+        "UI or a backfill); null for tasks submitted through the API.",
+    )
+    attempts: list[TaskAttempt] = Field(
+        default_factory=list,
+        description="Every execution so far: retries inside one run (same run_id, e.g. after "
+        "out-of-memory) and new runs (e.g. after a lost worker).",
+    )
 
     @classmethod
     def fields_from_row(cls, row: store.Row) -> dict[str, Any]:
@@ -311,6 +334,8 @@ class TaskStatus(BaseModel):
             "started_at": row["started_at"],
             "completed_at": row["completed_at"],
             "attempt": row["attempt"],
+            "parent_task_id": row.get("parent_task_id"),
+            "attempts": row.get("attempts") or [],
         }
 
     @classmethod

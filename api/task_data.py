@@ -5,14 +5,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from api.errors import format_loc
+from moviegen_dagster.fetch import FetchError, check_url_syntax
 
 Text = Annotated[str, Field(strict=True, min_length=1, max_length=2000)]
 Label = Annotated[str, Field(strict=True, min_length=1, max_length=100)]
-Url = Annotated[str, Field(strict=True, min_length=8, max_length=2048)]
+_UrlText = Annotated[str, Field(strict=True, min_length=8, max_length=2048)]
 Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})$")
 
@@ -20,7 +28,17 @@ _RESOLUTION = re.compile(r"^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})$")
 def _check_url(value: str) -> str:
     if not value.startswith(("http://", "https://")) or value != value.strip():
         raise ValueError("must be an absolute http(s) URL")
+    # Credentials, control characters and malformed hosts are refused here; destinations
+    # (private, loopback, ...) where the worker fetches, since a name resolves only there.
+    try:
+        check_url_syntax(value, "url")
+    except FetchError as exc:
+        raise ValueError(str(exc).removeprefix("url: ")) from None
     return value
+
+
+# Checked per item, so an error names the list index (`storyboard_images[2]`).
+Url = Annotated[_UrlText, AfterValidator(_check_url)]
 
 
 def _check_resolution(value: str, max_w: int, max_h: int, multiple: int) -> str:
@@ -54,11 +72,6 @@ class VideoData(_Data):
     seed: Seed | None = None
     steps: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
 
-    @field_validator("storyboard_images")
-    @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
-        return [_check_url(u) for u in value]
-
     @field_validator("resolution")
     @classmethod
     def _res(cls, value: str) -> str:
@@ -77,16 +90,6 @@ class ImageData(_Data):
     seed: Seed | None = None
     steps: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
 
-    @field_validator("style_guide")
-    @classmethod
-    def _style(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value)
-
-    @field_validator("reference_images")
-    @classmethod
-    def _refs(cls, value: list[str]) -> list[str]:
-        return [_check_url(u) for u in value]
-
     @field_validator("resolution")
     @classmethod
     def _res(cls, value: str) -> str:
@@ -103,11 +106,6 @@ class AudioData(_Data):
     background_noise: Label | None = None
     sample_rate: Literal[22050, 24000, 44100, 48000] = 44100
     seed: Seed | None = None
-
-    @field_validator("character_voice_profile")
-    @classmethod
-    def _voice(cls, value: str) -> str:
-        return _check_url(value)
 
 
 SCHEMAS: dict[str, type[_Data]] = {

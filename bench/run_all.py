@@ -15,7 +15,14 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, loadavg
 
-BENCHMARKS = ("dispatch_latency", "worker_overhead", "status_reads", "memory")
+BENCHMARKS = (
+    "dispatch_latency",
+    "worker_overhead",
+    "status_reads",
+    "memory",
+    "delivery",
+    "rate_limit_isolation",
+)
 TIMEOUT_S = 900
 
 

@@ -1,4 +1,4 @@
-"""`moviegen` command line: run the stack, migrate, manage API keys."""
+"""`moviegen` command line: run the stack, migrate, manage API keys, and talk to the API."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
+from moviegen_dagster.cli_client import COMMANDS, add_client_commands
+from moviegen_dagster.cli_client import run as run_client
 from moviegen_dagster.settings import get_settings
 
 
@@ -78,6 +80,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     }
                 )
             )
+        elif args.keys_cmd == "rotate":
+            if args.grace_hours < 0:
+                print("--grace-hours must not be negative", file=sys.stderr)
+                return 2
+            try:
+                raw = keys.rotate_key(conn, args.key_id, timedelta(hours=args.grace_hours))
+            except LookupError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            old = conn.execute(
+                "SELECT expires_at FROM moviegen.api_keys WHERE key_id = %s", (args.key_id,)
+            ).fetchone()
+            until = old["expires_at"] if old else None
+            print(
+                json.dumps(
+                    {
+                        "rotated_key_id": args.key_id,
+                        "api_key": raw,
+                        "old_key_expires_at": until.isoformat() if until else None,
+                    }
+                )
+            )
         elif args.keys_cmd == "revoke":
             if not keys.revoke_key(conn, args.key_id):
                 print(f"no active key with id {args.key_id}", file=sys.stderr)
@@ -105,7 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     revoke = ksub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=int)
     ksub.add_parser("list", help="list keys (never the secrets)")
-    args = parser.parse_args(argv)
+    rotate = ksub.add_parser("rotate", help="replace a key; the old one works for a grace period")
+    rotate.add_argument("key_id", type=int)
+    rotate.add_argument(
+        "--grace-hours", type=float, default=24.0, help="hours the old key keeps working"
+    )
+    add_client_commands(sub, get_settings().api_base_url)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits 2 on usage errors and 0 for --help; keep that as a return value.
+        return int(exc.code or 0)
+    if args.cmd in COMMANDS:
+        return run_client(args)
     handler = {"up": cmd_up, "migrate": cmd_migrate, "keys": cmd_keys}[args.cmd]
     return handler(args)
 

@@ -10,6 +10,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from moviegen_dagster import idempotency, limits
+from moviegen_dagster.metrics import STATS_MIGRATION_SQL
 from moviegen_dagster.webhooks import OUTBOX_MIGRATION_SQL
 
 # Ordered migrations; each runs once, recorded in moviegen.schema_migrations.
@@ -73,6 +75,66 @@ MIGRATIONS: list[tuple[int, str]] = [
 ]
 # The webhook outbox: one row per terminal event, delivered by the deliver_webhooks sensor.
 MIGRATIONS.append((2, OUTBOX_MIGRATION_SQL))
+# Admission guards: Idempotency-Key records and per-project submit token buckets.
+MIGRATIONS.append((3, idempotency.MIGRATION_SQL + limits.MIGRATION_SQL))
+# Live task events: every observable change of a task bumps its event_seq (the SSE event id)
+# and notifies channel moviegen_task with the task id, so open streams wake without polling.
+MIGRATIONS.append(
+    (
+        5,
+        """
+        ALTER TABLE moviegen.tasks ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
+        CREATE FUNCTION moviegen.task_event() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            -- Any column but bookkeeping ones: columns added later are covered too.
+            IF to_jsonb(NEW) - ARRAY['updated_at', 'run_id', 'event_seq']
+               IS DISTINCT FROM to_jsonb(OLD) - ARRAY['updated_at', 'run_id', 'event_seq'] THEN
+                NEW.event_seq := OLD.event_seq + 1;
+                PERFORM pg_notify('moviegen_task', NEW.task_id::text);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER tasks_event BEFORE UPDATE ON moviegen.tasks
+            FOR EACH ROW EXECUTE FUNCTION moviegen.task_event();
+        """
+        # Prometheus counters kept as tasks end and callbacks are delivered (metrics.py).
+        + STATS_MIGRATION_SQL,
+    )
+)
+
+# Attempt history: one entry per execution of a task's generation step (op retries after
+# out-of-memory inside a run, and run retries after a lost worker), shown in the status.
+MIGRATIONS.append(
+    (6, "ALTER TABLE moviegen.tasks ADD COLUMN attempts jsonb NOT NULL DEFAULT '[]'::jsonb")
+)
+
+# Backfills and provenance: per-project backfill requests (their plan and the Dagster
+# backfills launched for them), each take's inputs/models for staleness, and which backfill
+# created a task.
+MIGRATIONS.append(
+    (
+        4,
+        """
+        CREATE TABLE moviegen.backfills (
+            backfill_id           uuid PRIMARY KEY,
+            project_id            text NOT NULL,
+            requested_by          text NOT NULL,
+            selection             jsonb NOT NULL,
+            dry_run               boolean NOT NULL,
+            status                text NOT NULL,
+            plan                  jsonb NOT NULL,
+            dagster_backfill_ids  jsonb NOT NULL DEFAULT '[]'::jsonb,
+            error                 text,
+            created_at            timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX backfills_project_created ON moviegen.backfills (project_id, created_at DESC);
+        ALTER TABLE moviegen.tasks ADD COLUMN provenance jsonb;
+        ALTER TABLE moviegen.tasks ADD COLUMN backfill_id uuid;
+        CREATE INDEX tasks_backfill ON moviegen.tasks (backfill_id) WHERE backfill_id IS NOT NULL;
+        CREATE INDEX tasks_partition ON moviegen.tasks (partition_key, task_type, created_at DESC);
+        """,
+    )
+)
 
 
 def migrate(database_url: str) -> None:

@@ -8,13 +8,16 @@ from moviegen_dagster.assets.character_image import character_image
 from moviegen_dagster.assets.dialogue_audio import dialogue_audio
 from moviegen_dagster.assets.scene_video import scene_video
 from moviegen_dagster.jobs import TASK_JOBS
+from moviegen_dagster.lineage import INPUT_SPECS
 from moviegen_dagster.settings import Settings, get_settings
 from resources.catalog import ModelCatalog
 from resources.media_store import LocalMediaStore, MediaStore
 from resources.models import ModelPoolResource
 from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
+from sensors.backfills import backfill_schedule
 from sensors.reconcile import reconcile_tasks, sync_task_status
+from sensors.retention import prune_retention
 from sensors.webhooks import deliver_webhooks
 
 
@@ -85,11 +88,16 @@ def payload_cms(settings: Settings) -> PayloadCMS:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Definitions for the given settings."""
+    schedule = backfill_schedule(settings)
     return dg.Definitions(
-        assets=[scene_video, character_image, dialogue_audio],
+        assets=[*INPUT_SPECS, scene_video, character_image, dialogue_audio],
         jobs=list(TASK_JOBS.values()),
-        sensors=[reconcile_tasks, sync_task_status, deliver_webhooks],
+        sensors=[reconcile_tasks, sync_task_status, deliver_webhooks, prune_retention],
+        schedules=[schedule] if schedule is not None else [],
         resources=build_resources(settings),
+        # Runs of the implicit asset job (the UI's "Materialize", backfills) execute inside
+        # the worker process too, like the task jobs.
+        executor=dg.in_process_executor,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import psycopg
 import redis
 from psycopg_pool import PoolTimeout
 
-from moviegen_dagster import store, tags
+from moviegen_dagster import limits, store, tags
 from moviegen_dagster.db import DictPool
 from moviegen_dagster.settings import WORKER_TYPE_BY_TASK, Settings
 
@@ -112,12 +113,76 @@ def _failure_message(instance: Any, run_id: str) -> str:
     return "the run failed"
 
 
+# A run still NOT_STARTED this long after it was created was never queued: the webserver's
+# launchRun created it and then failed (e.g. its first query after a database restart).
+STRANDED_AFTER_S = 10.0
+
+
+def _queue_stranded(conn: psycopg.Connection[Any], instance: Any, row: store.Row, run: Any) -> None:
+    """Queue a run that was created but never submitted, instead of waiting out the start
+    timeout (which would then fail and retry it)."""
+    from dagster._core.events import DagsterEvent
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    if not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        return
+    record = instance.get_run_record_by_id(run.run_id)
+    if record is None or time.time() - record.create_timestamp.timestamp() < STRANDED_AFTER_S:
+        return
+    # One submitter per task: a concurrent caller waits here, then finds the run queued.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"queue:{run.run_id}",))
+    fresh = instance.get_run_by_id(run.run_id)
+    if fresh is not None and fresh.status.value == "NOT_STARTED":
+        log.warning("run %s of task %s was never queued: queueing it", run.run_id, row["task_id"])
+        # What QueuedRunCoordinator.submit_run does: the daemon's queue takes it from here.
+        instance.report_dagster_event(DagsterEvent.job_enqueue(fresh), run_id=fresh.run_id)
+
+
+def _timeout_from_events(instance: Any, run: Any) -> str | None:
+    """The max runtime if the run's cancellation came from run monitoring's runtime limit."""
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.RUN_CANCELING, ascending=False, limit=1
+    ).records
+    message = records[0].event_log_entry.message if records else ""
+    if "maximum runtime" not in (message or ""):
+        return None
+    return str(run.tags.get(tags.MAX_RUNTIME, "?"))
+
+
 def sync_task(conn: psycopg.Connection[Any], instance: Any, row: store.Row) -> store.Row:
     """Mirror the task's newest run onto its row (the only writer of run-derived status)."""
     if row["status"] in store.TERMINAL or not row.get("run_id"):
         return row
     run = latest_run(instance, row)
     if run is None:
+        return row
+    if run.status.value == "NOT_STARTED":
+        _queue_stranded(conn, instance, row, run)
+        return row
+    timed_out = run.tags.get(tags.TIMED_OUT)
+    if timed_out is None and run.status.value in ("CANCELING", "CANCELED"):
+        # Run monitoring tags a timed-out run just after asking it to stop; the run may have
+        # ended before the tag landed, but its canceling event already says why.
+        timed_out = _timeout_from_events(instance, run)
+    if timed_out is not None and run.status.value in ("CANCELING", "CANCELED", "FAILURE"):
+        # Run monitoring stopped the run for exceeding its maximum runtime: a failure, never
+        # a cancellation, whichever of the worker and the daemon recorded the end first.
+        return _apply_failure(
+            conn,
+            row,
+            run,
+            {
+                "code": "timeout",
+                "message": f"the task exceeded its maximum runtime of {timed_out} s "
+                "and was stopped",
+            },
+            replace_error=True,
+        )
+    if run.status.value == "CANCELING":
+        # Only a cancellation through the API (recorded there at once) or the Dagster UI gets
+        # here; wait for the run to end rather than guess.
         return row
     if run.status.value == "FAILURE" and tags.WILL_RETRY not in run.tags:
         # Dagster tags a failed run with its retry decision just after recording the failure;
@@ -132,9 +197,35 @@ def sync_task(conn: psycopg.Connection[Any], instance: Any, row: store.Row) -> s
     if status == row["status"] and run.run_id == row["run_id"] and attempt == row["attempt"]:
         return row
     error = None
-    if status == "failed":
-        error = {"code": "run_failed", "message": _failure_message(instance, run.run_id)}
+    if run.status.value == "FAILURE":
+        message = _failure_message(instance, run.run_id)
+        # The attempt a lost worker or a failed run left open ends with the run's reason.
+        store.close_run_attempts(conn, row["task_id"], run.run_id, message)
+        if status == "failed":
+            error = {"code": "run_failed", "message": message}
     new = store.apply_run_state(conn, row["task_id"], run.run_id, status, attempt, error)
+    if new is not None:
+        enqueue_callback(conn, new)
+    conn.commit()
+    return new or row
+
+
+def _apply_failure(
+    conn: psycopg.Connection[Any],
+    row: store.Row,
+    run: Any,
+    error: dict[str, Any],
+    replace_error: bool,
+) -> store.Row:
+    """Fail the task with this error (terminal), closing the run's open attempts."""
+    store.close_run_attempts(conn, row["task_id"], run.run_id, str(error["message"]))
+    if replace_error:
+        conn.execute(
+            "UPDATE moviegen.tasks SET error = NULL WHERE task_id = %s AND status = ANY(%s)",
+            (row["task_id"], list(store.OPEN)),
+        )
+    attempt = max(int(row["attempt"]), int(run.tags.get(tags.RETRY_NUMBER, "0")) + 1)
+    new = store.apply_run_state(conn, row["task_id"], run.run_id, "failed", attempt, error)
     if new is not None:
         enqueue_callback(conn, new)
     conn.commit()
@@ -210,15 +301,26 @@ class Dispatcher:
             self.instance.add_dynamic_partitions("scenes", [key])
 
     # -- task operations -------------------------------------------------------------
-    def submit(self, new: store.NewTask) -> store.Row:
-        """Commit the task, then launch its run; a failed launch is left to the reconciler."""
+    def submit(
+        self, new: store.NewTask, admission: limits.Admission | None = None
+    ) -> limits.Admitted:
+        """Commit the task, then launch its run; a failed launch is left to the reconciler.
+
+        Admission (idempotency key, rate limit, queue cap) is decided in the transaction that
+        inserts the task, so the task and its key are committed together or not at all.
+        """
         try:
             with self.pool.connection() as conn:
                 units = store.work_units(new.task_type, new.task_data)
                 estimated = store.estimate_duration(conn, new.task_type, units)
-                row = store.insert_task(conn, new, estimated)
+                admitted = limits.admit_and_insert(conn, new, estimated, admission)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise Unavailable("database unavailable") from exc
+        if admitted.replayed:
+            # The first request launched it, or died before (or while) launching: then a run
+            # may exist that only the reconciler's tag lookup adopts, so launch nothing here.
+            return admitted
+        row = admitted.row
         # The task is durable from here on; everything below is best effort.
         try:
             with self.pool.connection() as conn:
@@ -233,7 +335,7 @@ class Dispatcher:
                 row["task_id"],
                 exc_info=True,
             )
-        return row
+        return dataclasses.replace(admitted, row=row)
 
     def status(self, row: store.Row) -> store.Row:
         """The task refreshed from Dagster."""

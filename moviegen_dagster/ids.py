@@ -8,8 +8,12 @@ ID_PATTERN = re.compile(ID_REGEX)
 
 CONTENT_TYPES = {"jpg": "image/jpeg", "mp4": "video/mp4", "mp3": "audio/mpeg"}
 MEDIA_KINDS = ("images", "videos", "audio")
+# ASCII only and fullmatch'ed: no "..", "%2e", "\\", NUL, leading "/" or look-alike unicode, so a
+# key can never name anything outside `{project_id}/`. The task id is a canonical UUID.
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 MEDIA_KEY_PATTERN = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/(?:images|videos|audio)/[0-9a-f-]{36}\.(jpg|mp4|mp3)"
+    r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}/(?:images|videos|audio)/" + _UUID + r"\.(jpg|mp4|mp3)",
+    re.ASCII,
 )
 
 

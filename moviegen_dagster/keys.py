@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -70,6 +70,36 @@ def revoke_key(conn: psycopg.Connection[Any], key_id: int) -> bool:
         (key_id,),
     )
     return cur.rowcount == 1
+
+
+def rotate_key(conn: psycopg.Connection[Any], key_id: int, grace: timedelta) -> str:
+    """Issue a new key for the same project and name, and let the old one expire after `grace`.
+
+    Both keys work during the grace period, so clients can switch over without downtime. The
+    new key keeps the old one's expiry, if it had one (rotation renews the secret, not the
+    lifetime), and the old key never gains time. Returns the new raw key; raises LookupError
+    when `key_id` is unknown, revoked or already expired. Atomic in the caller's transaction.
+    """
+    if grace < timedelta(0):
+        raise ValueError("grace must not be negative")
+    with conn.transaction():
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        old = cur.execute(
+            "SELECT key_id, name, project_id, expires_at FROM moviegen.api_keys "
+            "WHERE key_id = %s AND revoked_at IS NULL "
+            "AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE",
+            (key_id,),
+        ).fetchone()
+        if old is None:
+            raise LookupError(f"no active API key with id {key_id}")
+        raw = new_key()
+        store_key(conn, raw, old["name"], old["project_id"], old["expires_at"])
+        cur.execute(
+            "UPDATE moviegen.api_keys SET expires_at = LEAST(COALESCE(expires_at, 'infinity'), "
+            "now() + %s) WHERE key_id = %s",
+            (grace, key_id),
+        )
+    return raw
 
 
 def list_keys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

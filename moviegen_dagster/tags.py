@@ -11,6 +11,16 @@ MAX_RETRIES = "dagster/max_retries"
 MAX_RUNTIME = "dagster/max_runtime"
 WILL_RETRY = "dagster/will_retry"
 RETRY_NUMBER = "dagster/retry_number"
+PARENT_RUN_ID = "dagster/parent_run_id"
+DAGSTER_BACKFILL = "dagster/backfill"
+# Set on runs MovieGen did not launch itself (UI materializations, backfills, schedules).
+PARENT_TASK_ID = "moviegen/parent_task_id"
+BACKFILL_ID = "moviegen/backfill_id"
+# Set on a run that run monitoring stopped for exceeding dagster/max_runtime (its value).
+TIMED_OUT = "moviegen/timed_out"
+
+# Backfill runs queue below every interactive task (dagster_priority() spans 0..9).
+BACKFILL_PRIORITY = -1
 
 
 def dagster_priority(priority: int) -> int:

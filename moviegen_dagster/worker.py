@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -31,11 +32,41 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     result_expires=24 * 3600,
+    # Redis may restart under a running task: retry the result-backend writes (the STARTED
+    # and final states) with back-off for about a minute instead of failing the task before
+    # or after its body ran. Run state lives in PostgreSQL; these writes are bookkeeping.
+    result_backend_always_retry=True,
+    result_backend_max_retries=20,
+    result_backend_base_sleep_between_retries_ms=250,
+    result_backend_max_sleep_between_retries_ms=5000,
+    # A killed slot's task is recorded as failed after this wait (default 10 s), which is what
+    # lets run monitoring fail its run without waiting for the heartbeat to go stale.
+    worker_lost_wait=1.0,
 )
 execute_job = create_execute_job_task(app)
 resume_job = create_resume_job_task(app)
 
 WORKER_TYPE = os.environ.get("MOVIEGEN_WORKER_TYPE", "gpu_light")
+
+
+@signals.celeryd_init.connect
+def _early_logging(**_: Any) -> None:
+    """Configure logging before Celery's own start-up checks warn (they use `warnings`)."""
+    from moviegen_dagster.logs import configure_logging
+
+    configure_logging(f"worker-{WORKER_TYPE}", settings)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """Celery leaves logging to MovieGen: one handler (JSON or text) with task and run ids."""
+    from moviegen_dagster.logs import configure_logging, redirect_stdio
+
+    configure_logging(f"worker-{WORKER_TYPE}", settings)
+    if settings.log_format == "json":
+        # What others print (each run's Dagster console log, progress bars) becomes records
+        # carrying the slot's task and run ids instead of raw lines between the JSON ones.
+        redirect_stdio("moviegen.worker.stdio")
 
 
 class Heartbeat:
@@ -47,6 +78,7 @@ class Heartbeat:
         self.parent = os.getppid()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._failing_since: float | None = None
 
     def start(self) -> None:
         """Publish once now, then from a daemon thread."""
@@ -61,14 +93,28 @@ class Heartbeat:
                 os._exit(1)
             try:
                 self.publish()
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+                if self._failing_since is not None:
+                    log.info(
+                        "heartbeat restored after %.1f s",
+                        time.monotonic() - self._failing_since,
+                    )
+                    self._failing_since = None
+            except Exception as exc:
+                # Keep beating through a database outage: the thread must outlive it.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning("heartbeat failed (will keep trying): %s", exc)
 
     def publish(self) -> None:
         """Upsert this slot's row in moviegen.workers."""
         s = self.slot
         gpu_util, mem = _resource_usage()
-        with self._lock, psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        with (
+            self._lock,
+            psycopg.connect(
+                settings.require_database_url(), autocommit=True, connect_timeout=5
+            ) as conn,
+        ):
             conn.execute(
                 """
                 INSERT INTO moviegen.workers (worker_id, worker_type, hostname, pid, status,
@@ -142,3 +188,87 @@ def _init_slot(**_: Any) -> None:
     worker_state.current = slot
     worker_state.on_change = beat.publish
     beat.start()
+
+
+def _run_id_of(args: Any, kwargs: Any) -> str | None:
+    """The Dagster run id a dagster-celery execute_job task carries."""
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import unpack_value
+
+    packed = (kwargs or {}).get("execute_job_args_packed") or (args[0] if args else None)
+    if packed is None:
+        return None
+    try:
+        return str(unpack_value(packed, as_type=ExecuteRunArgs).run_id)
+    except Exception:
+        log.warning("could not read the run id of a Celery task", exc_info=True)
+        return None
+
+
+@signals.task_prerun.connect
+def _claim_on_start(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    """Claim the slot for the run before Dagster starts it, so a kill at any point is seen."""
+    if task is not None and task.name == execute_job.name:
+        run_id = _run_id_of(args, kwargs)
+        if run_id:
+            log.info("slot starts run %s", run_id)
+            worker_state.claim_run(run_id)
+
+
+@signals.task_postrun.connect
+def _release_on_end(task: Any = None, state: Any = None, **_: Any) -> None:
+    """Free the slot when the Celery task ends, whatever the run's op did."""
+    if task is not None and task.name == execute_job.name:
+        log.info("slot finished its run (celery state %s)", state)
+        worker_state.release_run()
+
+
+# How long a worker keeps trying to record that it could not start a run (PostgreSQL down).
+FAIL_UNSTARTED_WITHIN_S = 90.0
+
+
+@signals.task_failure.connect
+def _fail_unstarted_run(
+    sender: Any = None, exception: Any = None, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
+    """A run whose Celery task failed before Dagster started it is failed now, not later.
+
+    E.g. the database was unreachable when the task began: the run would stay STARTING, and
+    hold its worker type's concurrency slot, until run monitoring's start timeout. Failing it
+    here lets Dagster's run retries launch it again as soon as the database is back.
+    """
+    if sender is None or sender.name != execute_job.name:
+        return
+    run_id = _run_id_of(args, kwargs)
+    if run_id:
+        reason = f"{type(exception).__name__}: {exception}"
+        # A thread: this may run in the worker's main process, which must keep consuming.
+        threading.Thread(
+            target=_report_unstarted, args=(run_id, reason), name="moviegen-fail-run", daemon=True
+        ).start()
+
+
+def _report_unstarted(run_id: str, reason: str) -> None:
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    deadline = time.monotonic() + FAIL_UNSTARTED_WITHIN_S
+    while True:
+        try:
+            with DagsterInstance.get() as instance:
+                run = instance.get_run_by_id(run_id)
+                if run is not None and run.status in (
+                    DagsterRunStatus.STARTING,
+                    DagsterRunStatus.NOT_STARTED,
+                ):
+                    log.warning(
+                        "run %s could not start on this worker (%s): failing it", run_id, reason
+                    )
+                    instance.report_run_failed(
+                        run, f"The worker could not start this run: {reason}"[:1000]
+                    )
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log.error("could not record that run %s failed to start: %s", run_id, exc)
+                return
+            time.sleep(2.0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger("moviegen.worker")
 
 
 @dataclass
@@ -24,8 +27,22 @@ on_change: Callable[[], None] | None = None
 
 
 def _publish() -> None:
-    if on_change is not None:
+    if on_change is None:
+        return
+    try:
         on_change()
+    except Exception as exc:
+        # Best effort: the heartbeat thread publishes the same state on its next beat, and a
+        # database outage must not fail the run that claims or releases the slot.
+        log.warning("could not publish the slot's state now: %s", exc)
+
+
+def claim_run(run_id: str) -> None:
+    """Mark this slot busy with a run as soon as its Celery task starts (before the op)."""
+    if current is not None and current.current_run_id != run_id:
+        current.current_task_id = None
+        current.current_run_id = run_id
+        _publish()
 
 
 def claim(task_id: str, run_id: str) -> None:
@@ -37,10 +54,19 @@ def claim(task_id: str, run_id: str) -> None:
 
 
 def release(completed: bool) -> None:
-    """Mark this slot idle again."""
+    """The op is done with its task; the run stays claimed until its Celery task ends."""
     if current is not None:
         current.current_task_id = None
-        current.current_run_id = None
         if completed:
             current.tasks_completed += 1
+        if current.current_run_id is None:
+            return
+        _publish()
+
+
+def release_run() -> None:
+    """Mark this slot idle again (its Celery task ended)."""
+    if current is not None and (current.current_run_id or current.current_task_id):
+        current.current_task_id = None
+        current.current_run_id = None
         _publish()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from moviegen_dagster.ids import CONTENT_TYPES, media_key
+from moviegen_dagster.ids import CONTENT_TYPES, MEDIA_KEY_PATTERN, media_key
 
 __all__ = ["CONTENT_TYPES", "LocalMediaStore", "MediaStore", "media_key"]
 
@@ -32,9 +32,15 @@ class LocalMediaStore(MediaStore):
     base_url: str
 
     def _path(self, key: str) -> Path:
+        # The key must be a well-formed project-scoped key (ASCII only: no "..", "%2e", "\\",
+        # NUL or look-alike slashes), and the resolved file must stay under its project's
+        # directory even where a symlink in the store points elsewhere.
+        if not isinstance(key, str) or not MEDIA_KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"invalid media key {key!r}")
         root = Path(self.root).resolve()
+        project_dir = root / key.split("/", 1)[0]
         path = (root / key).resolve()
-        if root not in path.parents:
+        if project_dir not in path.parents:
             raise ValueError(f"media key {key!r} escapes the store")
         return path
 

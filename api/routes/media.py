@@ -27,9 +27,12 @@ def resolve_media(root: Path, key: str, raw_path: bytes) -> Path | None:
     # Stored keys never need percent-encoding, so any escape (%2e, %2f, %00) is an attempt.
     if b"%" in raw_path or not _KEY_RE.fullmatch(key):
         return None
-    # resolve() follows symlinks: a link (or a link in the path) leading out of root fails here.
+    # resolve() follows symlinks: a link (or a link in the path) leading out of the key's
+    # project directory (another project, or out of root) fails here.
+    root = root.resolve()
+    project_dir = root / key.split("/", 1)[0]
     path = (root / key).resolve()
-    if root not in path.parents or not path.is_file():
+    if project_dir not in path.parents or not path.is_file():
         return None
     return path
 

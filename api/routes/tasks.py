@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Response
 
 from api.deps import (
     CallerDep,
     DispatcherDep,
+    NowDep,
     PoolDep,
     SettingsDep,
     require_json,
@@ -15,7 +18,7 @@ from api.deps import (
 )
 from api.errors import ERROR_RESPONSES, ApiError
 from api.schemas import TaskAccepted, TaskStatus, TaskSubmit, json_size
-from moviegen_dagster import store
+from moviegen_dagster import idempotency, limits, store
 from moviegen_dagster.db import DictPool
 from moviegen_dagster.fetch import Allowlist, FetchError, check_url_static
 from moviegen_dagster.keys import Caller
@@ -24,6 +27,8 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERROR_RESPO
 
 # Unknown, malformed and other projects' ids all get exactly this body (no existence leak).
 TASK_NOT_FOUND = "task not found"
+# Marks the answer to a submission that repeated an earlier one's Idempotency-Key and body.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _visible_task(pool: DictPool, caller: Caller, task_id: str) -> store.Row:
@@ -44,12 +49,31 @@ def _visible_task(pool: DictPool, caller: Caller, task_id: str) -> store.Row:
 def submit_task(
     body: TaskSubmit,
     caller: CallerDep,
-    pool: PoolDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
+    now: NowDep,
     response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description=(
+                "1-255 printable ASCII characters. The same key with the same body in the same "
+                "project answers the first task again (header Idempotent-Replayed: true); with "
+                "another body, 409."
+            ),
+        ),
+    ] = None,
 ) -> TaskAccepted:
     """Queue a generation task for one of the key's projects."""
+    if idempotency_key is not None and not idempotency.valid_key(idempotency_key):
+        raise ApiError(
+            400,
+            f"{idempotency.HEADER}: must be 1-{idempotency.MAX_KEY_LENGTH} printable ASCII "
+            "characters, without leading or trailing spaces",
+            code="validation_error",
+            field=idempotency.HEADER,
+        )
     if json_size(body.metadata) > settings.max_metadata_bytes:
         raise ApiError(
             400,
@@ -70,11 +94,18 @@ def submit_task(
             )
         except FetchError as exc:
             raise ApiError(400, str(exc), code="validation_error", field="callback_url") from exc
-    row = dispatcher.submit(body.to_new_task())
-    with pool.connection() as conn:
-        position = store.queue_position(conn, row)
+    claim = None
+    if idempotency_key is not None:
+        claim = limits.claim_for(
+            idempotency_key, body.model_dump(mode="json"), settings.idempotency_ttl_hours
+        )
+    admission = limits.Admission.from_settings(settings, now, claim)
+    admitted = dispatcher.submit(body.to_new_task(), admission)
+    row = admitted.row
     response.headers["Location"] = f"/api/v1/tasks/{row['task_id']}/status"
-    return TaskAccepted.from_row(row, position)
+    if admitted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return TaskAccepted.from_row(row, admitted.queue_position)
 
 
 @router.get("/{task_id}/status", response_model=TaskStatus)

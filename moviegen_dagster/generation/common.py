@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,73 @@ def build_atomically(target_dir: Path, marker: str, write: Callable[[Path], None
             return target_dir
         raise
     return target_dir
+
+
+@dataclass
+class MemoryMode:
+    """Whether this attempt runs in low-memory mode, and what was applied to save memory."""
+
+    low_memory: bool = False
+    applied: list[str] = field(default_factory=list)
+
+
+# Set by the step for one attempt (after an out-of-memory error); read by the generators.
+_memory_mode: ContextVar[MemoryMode | None] = ContextVar("moviegen_memory_mode", default=None)
+
+
+@contextmanager
+def memory_mode(low_memory: bool) -> Iterator[MemoryMode]:
+    """Run the enclosed generation in low-memory mode (or not); yields what gets applied."""
+    mode = MemoryMode(low_memory=low_memory)
+    token = _memory_mode.set(mode)
+    try:
+        yield mode
+    finally:
+        _memory_mode.reset(token)
+
+
+def current_memory_mode() -> MemoryMode:
+    """The memory mode of the running attempt (normal outside a step)."""
+    return _memory_mode.get() or MemoryMode()
+
+
+@contextmanager
+def memory_savings(pipe: Any) -> Iterator[list[str]]:
+    """In low-memory mode, lower the pipeline's peak memory for one call, then undo it.
+
+    Tiled and sliced VAE decoding work on every diffusers autoencoder that implements them
+    (FLUX.2's AutoencoderKLFlux2, LTX-2's video VAE, ...); model CPU offload only makes
+    sense on CUDA. Pooled pipelines are shared across tasks, so everything is reverted.
+    """
+    mode = current_memory_mode()
+    if not mode.low_memory:
+        yield []
+        return
+    applied: list[str] = []
+    restore: list[Callable[[], None]] = []
+    components = getattr(pipe, "components", None) or {}
+    for name, module in components.items():
+        for flag, label in (("use_tiling", "tiling"), ("use_slicing", "slicing")):
+            if hasattr(module, flag) and isinstance(getattr(module, flag), bool):
+                old = getattr(module, flag)
+                setattr(module, flag, True)
+                restore.append(functools.partial(setattr, module, flag, old))
+                applied.append(f"{name}_{label}")
+    device = getattr(pipe, "device", None)
+    offloaded = False
+    if getattr(device, "type", "cpu") == "cuda" and hasattr(pipe, "enable_model_cpu_offload"):
+        try:
+            pipe.enable_model_cpu_offload(device=device)
+            offloaded = True
+            applied.append("model_cpu_offload")
+        except Exception:  # accelerate missing or the pipeline cannot offload: tiling only
+            offloaded = False
+    mode.applied.extend(a for a in applied if a not in mode.applied)
+    try:
+        yield applied
+    finally:
+        if offloaded:
+            pipe.remove_all_hooks()
+            pipe.to(device)
+        for undo in reversed(restore):
+            undo()

@@ -13,7 +13,7 @@ from typing import Any
 
 import PIL.Image
 
-from moviegen_dagster.generation.common import labelled, sentence
+from moviegen_dagster.generation.common import labelled, memory_savings, sentence
 from moviegen_dagster.generation.errors import GenerationCancelled
 
 # Limits checked before the model is touched; the API may be stricter, never looser.
@@ -172,7 +172,8 @@ def generate_image(
     if req.reference_images:
         kwargs["image"] = list(req.reference_images)
 
-    with _lock_for(pipe):
+    # After an out-of-memory error the retry decodes in tiles (and offloads on CUDA).
+    with _lock_for(pipe), memory_savings(pipe):
         started = time.perf_counter()
         output = pipe(**kwargs)
         elapsed = time.perf_counter() - started

@@ -33,7 +33,7 @@ import av
 import av.filter
 import numpy as np
 
-from moviegen_dagster.generation.common import words
+from moviegen_dagster.generation.common import memory_savings, words
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.generation.tiny_audio import TTS_CODEC_SUBFOLDER
 from resources.models import PoolKey, register_loader
@@ -610,7 +610,7 @@ def _render_ambience(
 
     # A CPU generator gives the same noise on every machine, so the seed reproduces the bed.
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    with _lock_for(pipe), torch.inference_mode():
+    with _lock_for(pipe), memory_savings(pipe), torch.inference_mode():
         output = pipe(
             prompt=prompt,
             negative_prompt=AMBIENCE_NEGATIVE_PROMPT,

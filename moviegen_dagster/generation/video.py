@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from moviegen_dagster.generation.common import labelled, sentence, words
+from moviegen_dagster.generation.common import labelled, memory_savings, sentence, words
 from moviegen_dagster.generation.encode_video import (
     AUDIO_CODEC,
     VIDEO_CODEC,
@@ -423,7 +423,8 @@ def generate_video(
     # reproduces a take anywhere; one generator drawn from in clip order keeps clips distinct.
     generator = torch.Generator(device="cpu").manual_seed(seed)
     elapsed = 0.0
-    with _lock_for(pipe):
+    # After an out-of-memory error the retry decodes in tiles (and offloads on CUDA).
+    with _lock_for(pipe), memory_savings(pipe):
         previous_last: np.ndarray | None = None
         for clip_index, plan in enumerate(plans):
             steps_before = clip_index * req.steps

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,11 @@ from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
 
+from api.deps import get_now
 from api.main import create_app
-from moviegen_dagster import db, dispatch, store
+from moviegen_dagster import db, dispatch, limits, store
 from moviegen_dagster.settings import Settings
-
-# The machine's PostgreSQL (trust auth); override to point the tests at another server.
-PG_ADMIN_URL = os.environ.get(
-    "MOVIEGEN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+from tests.pg_support import throwaway_database
 
 
 class StoreOnlyDispatcher:
@@ -50,12 +46,15 @@ class StoreOnlyDispatcher:
             exc, self.fail_with = self.fail_with, None
             raise exc
 
-    def submit(self, new: store.NewTask) -> store.Row:
-        """Store the task as queued, without a run."""
+    def submit(
+        self, new: store.NewTask, admission: limits.Admission | None = None
+    ) -> limits.Admitted:
+        """Admit and store the task as queued (one transaction, as the real one), without a run."""
         self._maybe_fail()
         with self.pool.connection() as conn:
             units = store.work_units(new.task_type, new.task_data)
-            return store.insert_task(conn, new, store.estimate_duration(conn, new.task_type, units))
+            estimated = store.estimate_duration(conn, new.task_type, units)
+            return limits.admit_and_insert(conn, new, estimated, admission)
 
     def status(self, row: store.Row) -> store.Row:
         """Nothing runs, so the stored row is the state."""
@@ -120,16 +119,9 @@ class StoreOnlyDispatcher:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A fresh database for this test session, dropped at the end."""
-    name = f"mg_test_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh database for this test session, dropped at the end (the app migrates it)."""
+    with throwaway_database("mg_test", migrate=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +193,44 @@ def other_project(conn: psycopg.Connection[Any]) -> Project:
 def admin_headers() -> dict[str, str]:
     """Headers with the seeded admin key."""
     return {"X-API-Key": ADMIN_KEY}
+
+
+class Clock:
+    """The time the app sees through its `get_now` dependency; tests move it by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def advance(self, **delta: float) -> datetime:
+        """Move forward by a timedelta's keyword arguments; returns the new time."""
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock(client: TestClient) -> Iterator[Clock]:
+    """An injected clock for expiry and rate limits (no sleeping), removed afterwards."""
+    fixed = Clock(datetime(2031, 1, 1, 12, 0, tzinfo=UTC))
+    app: Any = client.app
+    app.dependency_overrides[get_now] = lambda: fixed.now
+    try:
+        yield fixed
+    finally:
+        app.dependency_overrides.pop(get_now, None)
+
+
+@pytest.fixture
+def configure(client: TestClient) -> Iterator[Callable[..., Settings]]:
+    """Change settings of the running app for one test (`configure(submit_burst=2)`)."""
+    app: Any = client.app
+    original: Settings = app.state.settings
+
+    def apply(**updates: Any) -> Settings:
+        changed = original.model_copy(update=updates)
+        app.state.settings = changed
+        return changed
+
+    try:
+        yield apply
+    finally:
+        app.state.settings = original

@@ -27,6 +27,11 @@ ROUTES = {
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/workers/status"),
     ("GET", "/media/{key}"),
+    ("GET", "/api/v1/tasks/{task_id}/events"),
+    ("POST", "/api/v1/projects/{project_id}/backfills"),
+    ("GET", "/api/v1/projects/{project_id}/backfills"),
+    ("GET", "/api/v1/projects/{project_id}/backfills/{backfill_id}"),
+    ("GET", "/metrics"),
 }
 
 
@@ -116,3 +121,16 @@ def test_real_dispatcher_wiring(real_app_client: TestClient, conn: Any) -> None:
     assert cancelled.json()["status"] == "cancelled"
     workers = client.get("/api/v1/workers/status", headers=headers)
     assert workers.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("page", "asset"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc")]
+)
+def test_docs_pages_need_no_cdn(client: TestClient, page: str, asset: str) -> None:
+    """The docs pages load their scripts from the API itself (air-gapped hosts, CI)."""
+    html = client.get(page).text
+    assert "cdn." not in html and "googleapis" not in html
+    src = next(part.split('"')[0] for part in html.split('src="')[1:] if asset in part)
+    assert src.startswith("/docs-static/")
+    script = client.get(src)
+    assert script.status_code == 200 and len(script.content) > 100_000

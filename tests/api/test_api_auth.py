@@ -108,3 +108,39 @@ def test_openapi_declares_the_header_scheme(client: TestClient) -> None:
         "name": "X-API-Key",
         "description": "A project key covers one project; an admin key covers every project.",
     }
+
+
+def _submit_as(client: TestClient, project_id: str, **kwargs: Any) -> Any:
+    return client.post("/api/v1/tasks/submit", json=submission(project_id), **kwargs)
+
+
+def _stored(conn: psycopg.Connection[Any], project_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM moviegen.tasks WHERE project_id = %s", (project_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_submit_with_key_in_query_string_is_401_and_stores_nothing(
+    client: TestClient, conn: psycopg.Connection[Any], project: Project
+) -> None:
+    resp = _submit_as(
+        client, project.project_id, params={"api_key": project.key}, headers=project.headers
+    )
+    assert_error(resp, 401, "unauthorized", "X-API-Key")
+    assert _stored(conn, project.project_id) == 0
+
+
+def test_submit_with_revoked_or_expired_key_is_401_and_stores_nothing(
+    client: TestClient, conn: psycopg.Connection[Any], project: Project
+) -> None:
+    key_id = keys.authenticate(conn, project.key).key_id  # type: ignore[union-attr]
+    assert keys.revoke_key(conn, key_id)
+    resp = _submit_as(client, project.project_id, headers=project.headers)
+    assert_error(resp, 401, "unauthorized", "X-API-Key")
+    raw = keys.new_key()
+    keys.store_key(conn, raw, "expired", project.project_id, datetime.now(UTC) - timedelta(hours=1))
+    resp = _submit_as(client, project.project_id, headers={"X-API-Key": raw})
+    assert_error(resp, 401, "unauthorized", "X-API-Key")
+    assert _stored(conn, project.project_id) == 0

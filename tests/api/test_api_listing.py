@@ -21,6 +21,8 @@ LIST_ITEM_FIELDS = {
     "started_at",
     "completed_at",
     "attempt",
+    "parent_task_id",
+    "attempts",
     "task_type",
     "priority",
     "created_at",

@@ -23,6 +23,8 @@ STATUS_FIELDS = {
     "started_at",
     "completed_at",
     "attempt",
+    "parent_task_id",
+    "attempts",
 }
 RESULT = {
     "media_url": "http://127.0.0.1:8001/media/p/videos/x.mp4",
@@ -50,6 +52,8 @@ def test_queued_status(client: TestClient, project: Project) -> None:
         "started_at": None,
         "completed_at": None,
         "attempt": 1,
+        "attempts": [],
+        "parent_task_id": None,
     }
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import socket
 import threading
 import time
@@ -19,20 +17,17 @@ from psycopg.rows import dict_row
 from standardwebhooks import Webhook
 
 from api.schemas import TaskStatus
-from moviegen_dagster import db, store, webhooks
+from moviegen_dagster import store, webhooks
 from moviegen_dagster.fetch import Allowlist, FetchError
 from moviegen_dagster.webhooks import (
     MAX_ATTEMPTS,
-    OUTBOX_MIGRATION_SQL,
     RETRY_SCHEDULE,
     Sender,
     deliver_due,
     enqueue_terminal_event,
 )
+from tests.pg_support import throwaway_database
 
-PG_ADMIN_URL = os.environ.get(
-    "MOVIEGEN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 SECRET = webhooks.generate_secret()
 LOCAL = Allowlist.parse("127.0.0.1")
 TIMEOUT = 0.5  # per attempt; the slow receivers below take far longer
@@ -144,27 +139,15 @@ class FakeClock:
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str]:
     """A throwaway database with the moviegen schema and the outbox, dropped afterwards."""
-    name = f"mg_test_webhooks_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        db.migrate(url)
-        # Until the outbox is part of db.MIGRATIONS, apply it as migrate would: one transaction.
-        if all(sql != OUTBOX_MIGRATION_SQL for _, sql in db.MIGRATIONS):
-            with psycopg.connect(url) as conn, conn.transaction():
-                conn.execute(OUTBOX_MIGRATION_SQL)  # type: ignore[arg-type]
+    with throwaway_database("mg_test_webhooks") as url:
         yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def conn(database_url: str) -> Iterator[Conn]:
     """A connection like the pool's (dict rows, not autocommit), on emptied tables."""
     with psycopg.connect(database_url, row_factory=dict_row) as c:
-        c.execute("TRUNCATE moviegen.webhook_outbox, moviegen.tasks")
+        c.execute("TRUNCATE moviegen.webhook_outbox, moviegen.tasks CASCADE")
         c.commit()
         yield c
 

@@ -1,0 +1,154 @@
+"""Scenario 4: PostgreSQL and Redis restart under load. While PostgreSQL is down the API answers
+503 in the error shape within seconds; every process recovers by itself; no accepted task is
+lost and tasks in flight complete. Redis: accepted tasks still run once it is back."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningStack, poll
+from tests.reliability.faults.conftest import (
+    SLOTS,
+    live_slots,
+    media_files,
+    report,
+    runs,
+    status,
+)
+
+pytestmark = pytest.mark.reliability
+
+# Long enough to be in flight across the outage on this machine's tiny models.
+IN_FLIGHT = {"resolution": "512x512", "steps": 30}
+DOWN_FOR_S = 4.0
+# What "answers within a few seconds" means for a request during the outage.
+ANSWER_BOUND_S = 8.0
+
+
+def _completed_once(stack: RunningStack, client: httpx.Client, ids: list[str]) -> None:
+    """Every task completed, by exactly one successful run, with one media object."""
+    for task_id in ids:
+        doc = stack.wait_terminal(client, task_id, timeout=240)
+        statuses = [r.status.value for r in runs(stack, task_id)]
+        assert doc["status"] == "completed", (doc["error"], doc["attempts"], statuses)
+        assert statuses.count("SUCCESS") == 1, statuses
+        assert len(media_files(stack, task_id)) == 1
+
+
+def _first_start_after(client: httpx.Client, ids: list[str], since: float) -> float:
+    """Seconds from `since` (epoch) to the first generation attempt any task started after it."""
+    starts = [
+        datetime.fromisoformat(a["started_at"]).timestamp()
+        for t in ids
+        for a in status(client, t)["attempts"]
+    ]
+    return min(t for t in starts if t >= since) - since
+
+
+def _timed(call: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    resp = call()
+    return resp, time.monotonic() - started
+
+
+def _submit(stack: RunningStack, client: httpx.Client, **task_data: Any) -> httpx.Response:
+    return client.post(
+        "/api/v1/tasks/submit",
+        json={
+            "project_id": "project_a",
+            "task_type": "generate_image",
+            "task_data": {
+                "character_description": "Detective in 1920s noir style",
+                "resolution": "256x256",
+                **task_data,
+            },
+            "metadata": {"character_id": "detective_main"},
+        },
+    )
+
+
+def test_postgres_restart_under_load_loses_nothing(healthy_fault_stack: RunningStack) -> None:
+    stack = healthy_fault_stack
+    with stack.client() as client:
+        in_flight = [stack.submit_image(client, task_data=IN_FLIGHT)["task_id"] for _ in range(2)]
+        queued = [stack.submit_image(client)["task_id"] for _ in range(2)]
+        poll(lambda: all(status(client, t)["started_at"] for t in in_flight), 120)
+
+        stack.stack.stop_postgres()
+        down_at = time.monotonic()
+        try:
+            answers = {
+                "submit": _timed(lambda: _submit(stack, client)),
+                "status": _timed(lambda: client.get(f"/api/v1/tasks/{queued[0]}/status")),
+                "health": _timed(lambda: client.get("/api/v1/health")),
+            }
+            time.sleep(max(0.0, DOWN_FOR_S - (time.monotonic() - down_at)))  # the outage
+        finally:
+            stack.stack.start_postgres()
+        back_at, back_wall = time.monotonic(), time.time()
+
+        for name, (resp, took) in answers.items():
+            assert resp.status_code == 503, (name, resp.text)
+            assert took < ANSWER_BOUND_S, (name, took)
+            assert "Traceback" not in resp.text
+        for name in ("submit", "status"):
+            error = answers[name][0].json()["error"]
+            assert error["code"] == "unavailable" and error["message"], error
+        assert answers["health"][0].json()["components"]["database"] == "unhealthy"
+
+        # Recovery: the first submit accepted after PostgreSQL is back.
+        def accepted_submit() -> httpx.Response | None:
+            resp = _submit(stack, client)
+            return resp if resp.status_code == 202 else None
+
+        accepted = poll(accepted_submit, 60)
+        first_submit_s = time.monotonic() - back_at
+        after = str(accepted.json()["task_id"])
+        _completed_once(stack, client, [*in_flight, *queued, after])
+        running_again_s = _first_start_after(client, [*in_flight, *queued, after], back_wall)
+
+    # Every process is still the one that was started, and all heal to healthy.
+    stack.stack.check_alive()
+    poll(lambda: live_slots(stack) >= SLOTS, timeout=60)
+    with stack.client() as client:
+        poll(lambda: client.get("/api/v1/health").json()["status"] == "healthy", timeout=60)
+    report(
+        "postgres restart",
+        down_s=DOWN_FOR_S,
+        submit_503_s=answers["submit"][1],
+        db_back_to_first_submit_s=first_submit_s,
+        db_back_to_first_attempt_started_s=running_again_s,
+    )
+
+
+def test_redis_restart_under_load_loses_nothing(healthy_fault_stack: RunningStack) -> None:
+    stack = healthy_fault_stack
+    with stack.client() as client:
+        in_flight = [stack.submit_image(client, task_data=IN_FLIGHT)["task_id"] for _ in range(2)]
+        poll(lambda: all(status(client, t)["started_at"] for t in in_flight), 120)
+        stack.stack.stop_redis()
+        try:
+            # Tasks are still accepted: they are durable in PostgreSQL, Redis only carries runs.
+            during = [stack.submit_image(client)["task_id"] for _ in range(2)]
+            health = client.get("/api/v1/health").json()
+            time.sleep(DOWN_FOR_S)  # the outage
+        finally:
+            stack.stack.start_redis()
+        back_at, back_wall = time.monotonic(), time.time()
+        assert health["components"]["broker"] == "degraded"
+        _completed_once(stack, client, [*in_flight, *during])
+        all_done_s = time.monotonic() - back_at
+        running_again_s = _first_start_after(client, [*in_flight, *during], back_wall)
+    stack.stack.check_alive()
+    poll(lambda: live_slots(stack) >= SLOTS, timeout=60)
+    report(
+        "redis restart",
+        down_s=DOWN_FOR_S,
+        redis_back_to_first_attempt_started_s=running_again_s,
+        redis_back_to_all_completed_s=all_done_s,
+    )
