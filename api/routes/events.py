@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, DispatcherDep, PoolDep, SettingsDep, TaskDispatcher
 from api.errors import ERROR_RESPONSES
-from api.routes.tasks import _visible_task
+from api.routes.tasks import visible_task
 from api.schemas import TaskStatus
 from moviegen_dagster import store
 from moviegen_dagster.db import DictPool
@@ -115,9 +115,9 @@ router = APIRouter(
 )
 
 
-def visible_task(task_id: str, caller: CallerDep, pool: PoolDep) -> store.Row:
+def streamed_task(task_id: str, caller: CallerDep, pool: PoolDep) -> store.Row:
     """The caller's task or the same 404 as the status route (checked before streaming)."""
-    return _visible_task(pool, caller, task_id)
+    return visible_task(pool, caller, task_id)
 
 
 def _snapshot(
@@ -157,7 +157,7 @@ def _last_seen(header: str | None) -> int | None:
     },
 )
 async def task_events(
-    row: Annotated[store.Row, Depends(visible_task)],
+    row: Annotated[store.Row, Depends(streamed_task)],
     pool: PoolDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,

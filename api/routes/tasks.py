@@ -31,7 +31,7 @@ TASK_NOT_FOUND = "task not found"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def _visible_task(pool: DictPool, caller: Caller, task_id: str) -> store.Row:
+def visible_task(pool: DictPool, caller: Caller, task_id: str) -> store.Row:
     """The caller's task, or 404; the scope is applied by the query itself."""
     with pool.connection() as conn:
         row = store.get_task(conn, task_id, visible_projects(caller))
@@ -113,7 +113,7 @@ def task_status(
     task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
 ) -> TaskStatus:
     """A task's status, progress and result."""
-    row = _visible_task(pool, caller, task_id)
+    row = visible_task(pool, caller, task_id)
     if row["status"] in store.OPEN:
         row = dispatcher.status(row)
     return TaskStatus.from_row(row)
@@ -124,7 +124,7 @@ def cancel_task(
     task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
 ) -> TaskStatus:
     """Cancel a queued or processing task (409 once completed or failed)."""
-    row = _visible_task(pool, caller, task_id)
+    row = visible_task(pool, caller, task_id)
     return TaskStatus.from_row(dispatcher.cancel(row))
 
 
@@ -133,5 +133,5 @@ def retry_task(
     task_id: str, caller: CallerDep, pool: PoolDep, dispatcher: DispatcherDep
 ) -> TaskStatus:
     """Re-run a failed task under the same task id (409 unless failed)."""
-    row = _visible_task(pool, caller, task_id)
+    row = visible_task(pool, caller, task_id)
     return TaskStatus.from_row(dispatcher.retry(row))
