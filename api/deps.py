@@ -50,6 +50,10 @@ class TaskDispatcher(Protocol):
         """Rows of moviegen.workers with the current task's project."""
         ...
 
+    def graphql(self, query: str, variables: dict[str, Any], field: str) -> dict[str, Any]:
+        """A query or mutation against Dagster's GraphQL API (backfills are launched so)."""
+        ...
+
 
 def get_settings(request: Request) -> Settings:
     """The settings the app was built with."""

@@ -267,7 +267,8 @@ class Dispatcher:
             self._instance.dispose()
 
     # -- GraphQL -----------------------------------------------------------------------
-    def _graphql(self, query: str, variables: dict[str, Any], field: str) -> dict[str, Any]:
+    def graphql(self, query: str, variables: dict[str, Any], field: str) -> dict[str, Any]:
+        """One request to dagster-webserver's GraphQL API; the named field of its data."""
         resp = self._http.post("/graphql", json={"query": query, "variables": variables})
         resp.raise_for_status()
         body = resp.json()
@@ -290,7 +291,7 @@ class Dispatcher:
                 "tags": [{"key": k, "value": v} for k, v in run_tags(row, self.settings).items()]
             },
         }
-        result = self._graphql(_LAUNCH, {"params": params}, "launchRun")
+        result = self.graphql(_LAUNCH, {"params": params}, "launchRun")
         if result["__typename"] != "LaunchRunSuccess":
             raise RuntimeError(f"launchRun: {result['__typename']}: {result.get('message')}")
         return str(result["run"]["runId"])
@@ -360,7 +361,7 @@ class Dispatcher:
                     enqueue_callback(conn, cancelled)
                 conn.commit()
                 return cancelled or locked
-            result = self._graphql(_TERMINATE, {"runId": locked["run_id"]}, "terminateRun")
+            result = self.graphql(_TERMINATE, {"runId": locked["run_id"]}, "terminateRun")
             if result["__typename"] not in ("TerminateRunSuccess",):
                 log.warning("terminateRun %s: %s", locked["run_id"], result)
             new = store.apply_run_state(
@@ -380,7 +381,7 @@ class Dispatcher:
                 raise Conflict(f"only failed tasks can be retried; this one is {locked['status']}")
             if locked["run_id"] is None:
                 raise Conflict("the task never ran, so there is nothing to retry")
-            result = self._graphql(_REEXECUTE, {"parent": locked["run_id"]}, "launchRunReexecution")
+            result = self.graphql(_REEXECUTE, {"parent": locked["run_id"]}, "launchRunReexecution")
             if result["__typename"] != "LaunchRunSuccess":
                 raise Unavailable(f"could not launch the retry: {result.get('message')}")
             reopened = store.reopen_for_retry(conn, locked["task_id"])

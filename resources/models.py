@@ -239,3 +239,7 @@ class ModelPoolResource(dg.ConfigurableResource):
     def get_pipeline(self, kind: str, model: str, revision: str | None = None) -> Any:
         """Pipeline for `model` on this resource's device and dtype."""
         return self.pool().get_pipeline(kind, model, revision, self.dtype, self.device)
+
+    def load_count(self, kind: str, model: str, revision: str | None = None) -> int:
+        """Loads of that pipeline in this process (stays 1 while it remains resident)."""
+        return self.pool().load_count(PoolKey(kind, str(model), revision, self.dtype, self.device))

@@ -68,11 +68,9 @@ def create_backfill(
 ) -> BackfillDetail:
     """Plan the project's missing/failed/stale partitions and launch them (202), or plan (200)."""
     _require_project(caller, project_id)
-    # The API's own GraphQL door into dagster-webserver (absent in store-only set-ups).
-    graphql = getattr(dispatcher, "_graphql", None)
     with pool.connection() as conn:
         row = backfills.request_backfill(
-            conn, project_id, body.to_selection(), settings, "api", graphql
+            conn, project_id, body.to_selection(), settings, "api", dispatcher.graphql
         )
         detail = _detail(conn, row)
     if row["status"] == "launch_failed":

@@ -16,7 +16,7 @@ from moviegen_dagster.assets.common import (
 )
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
-from resources.models import ModelPoolResource, PoolKey
+from resources.models import ModelPoolResource
 from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
@@ -50,14 +50,7 @@ def character_image(
 
             run.report(0.05, "loading_model", force=True)
             t0 = time.monotonic()
-            pool = models.pool()
-            pipe = pool.get_pipeline(
-                kind="image",
-                model=catalog.image_model,
-                revision=catalog.image_revision,
-                dtype=models.dtype,
-                device=models.device,
-            )
+            pipe = models.get_pipeline("image", catalog.image_model, catalog.image_revision)
             load_s = time.monotonic() - t0
 
             def on_step(step: int, total: int) -> None:
@@ -96,14 +89,8 @@ def character_image(
                         "generation_seconds": round(image.generation_seconds, 3),
                         # Loads of this pipeline in this worker process: stays 1 while the model is
                         # resident, which is the point of long-lived workers.
-                        "pipeline_loads": pool.load_count(
-                            PoolKey(
-                                "image",
-                                catalog.image_model,
-                                catalog.image_revision,
-                                models.dtype,
-                                models.device,
-                            )
+                        "pipeline_loads": models.load_count(
+                            "image", catalog.image_model, catalog.image_revision
                         ),
                     },
                 ),

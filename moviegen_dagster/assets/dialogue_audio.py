@@ -16,7 +16,7 @@ from moviegen_dagster.assets.common import (
 )
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
-from resources.models import ModelPoolResource, PoolKey
+from resources.models import ModelPoolResource
 from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
@@ -48,18 +48,11 @@ def dialogue_audio(
 
             run.report(0.05, "loading_model", force=True)
             t0 = time.monotonic()
-            pool = models.pool()
-            tts = pool.get_pipeline(
-                "tts", catalog.tts_model, catalog.tts_revision, models.dtype, models.device
-            )
+            tts = models.get_pipeline("tts", catalog.tts_model, catalog.tts_revision)
             ambience = None
             if request.background_noise:
-                ambience = pool.get_pipeline(
-                    "ambience",
-                    catalog.ambience_model,
-                    catalog.ambience_revision,
-                    models.dtype,
-                    models.device,
+                ambience = models.get_pipeline(
+                    "ambience", catalog.ambience_model, catalog.ambience_revision
                 )
             load_s = time.monotonic() - t0
 
@@ -99,14 +92,8 @@ def dialogue_audio(
                         "tts_model_revision": catalog.tts_revision or "",
                         "model_load_seconds": round(load_s, 3),
                         "generation_seconds": round(speech.generation_seconds, 3),
-                        "pipeline_loads": pool.load_count(
-                            PoolKey(
-                                "tts",
-                                catalog.tts_model,
-                                catalog.tts_revision,
-                                models.dtype,
-                                models.device,
-                            )
+                        "pipeline_loads": models.load_count(
+                            "tts", catalog.tts_model, catalog.tts_revision
                         ),
                     },
                 ),

@@ -16,7 +16,7 @@ from moviegen_dagster.assets.common import (
 )
 from resources.catalog import ModelCatalog
 from resources.media_store import MediaStore
-from resources.models import ModelPoolResource, PoolKey
+from resources.models import ModelPoolResource
 from resources.payload import PayloadCMS
 from resources.task_state import TaskStateResource
 
@@ -49,10 +49,7 @@ def scene_video(
 
             run.report(0.05, "loading_model", force=True)
             t0 = time.monotonic()
-            pool = models.pool()
-            pipe = pool.get_pipeline(
-                "video", catalog.video_model, catalog.video_revision, models.dtype, models.device
-            )
+            pipe = models.get_pipeline("video", catalog.video_model, catalog.video_revision)
             load_s = time.monotonic() - t0
             width, height = (int(v) for v in data.get("resolution", "1920x1080").split("x"))
 
@@ -105,14 +102,8 @@ def scene_video(
                         "model_revision": catalog.video_revision or "",
                         "model_load_seconds": round(load_s, 3),
                         "generation_seconds": round(video.generation_seconds, 3),
-                        "pipeline_loads": pool.load_count(
-                            PoolKey(
-                                "video",
-                                catalog.video_model,
-                                catalog.video_revision,
-                                models.dtype,
-                                models.device,
-                            )
+                        "pipeline_loads": models.load_count(
+                            "video", catalog.video_model, catalog.video_revision
                         ),
                     },
                 ),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -130,3 +132,20 @@ def memory_savings(pipe: Any) -> Iterator[list[str]]:
             pipe.to(device)
         for undo in reversed(restore):
             undo()
+
+
+# A pipeline object keeps per-call state (scheduler timesteps, guidance scales, interrupt
+# flags, the memory settings above), so two calls on one pooled instance must not overlap.
+_pipe_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_pipe_locks_guard = threading.Lock()
+
+
+@contextmanager
+def exclusive_call(pipe: Any) -> Iterator[list[str]]:
+    """Hold the pipeline for one call (one lock per instance), in the attempt's memory mode."""
+    with _pipe_locks_guard:
+        lock = _pipe_locks.get(pipe)
+        if lock is None:
+            lock = _pipe_locks[pipe] = threading.Lock()
+    with lock, memory_savings(pipe) as applied:
+        yield applied

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import secrets
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import PIL.Image
 
-from moviegen_dagster.generation.common import labelled, memory_savings, sentence
+from moviegen_dagster.generation.common import exclusive_call, labelled, sentence
 from moviegen_dagster.generation.errors import GenerationCancelled
 
 # Limits checked before the model is touched; the API may be stricter, never looser.
@@ -23,11 +21,6 @@ MAX_STEPS = 100
 MAX_REFERENCE_IMAGES = 10  # FLUX.2 accepts up to 10 reference images
 MAX_SEED = 2**63 - 1
 JPEG_QUALITY = 90
-
-# A pipeline object keeps per-call state (scheduler timesteps, interrupt flags), so two calls
-# on the same instance must not overlap; one lock per pipeline instance serializes them.
-_pipe_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_pipe_locks_guard = threading.Lock()
 
 
 @dataclass
@@ -109,15 +102,6 @@ def validate_request(req: ImageRequest, multiple: int) -> None:
             raise ValueError(f"reference_images[{index}]: must be a PIL image")
 
 
-def _lock_for(pipe: Any) -> threading.Lock:
-    """The lock that serializes calls on one pipeline instance."""
-    with _pipe_locks_guard:
-        lock = _pipe_locks.get(pipe)
-        if lock is None:
-            lock = _pipe_locks[pipe] = threading.Lock()
-        return lock
-
-
 def encode_jpeg(image: PIL.Image.Image) -> bytes:
     """Encode an image as a baseline RGB JPEG (quality 90, optimized Huffman tables)."""
     buffer = io.BytesIO()
@@ -173,7 +157,7 @@ def generate_image(
         kwargs["image"] = list(req.reference_images)
 
     # After an out-of-memory error the retry decodes in tiles (and offloads on CUDA).
-    with _lock_for(pipe), memory_savings(pipe):
+    with exclusive_call(pipe):
         started = time.perf_counter()
         output = pipe(**kwargs)
         elapsed = time.perf_counter() - started

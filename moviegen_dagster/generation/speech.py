@@ -23,7 +23,6 @@ import secrets
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,7 +32,7 @@ import av
 import av.filter
 import numpy as np
 
-from moviegen_dagster.generation.common import memory_savings, words
+from moviegen_dagster.generation.common import exclusive_call, words
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.generation.tiny_audio import TTS_CODEC_SUBFOLDER
 from resources.models import PoolKey, register_loader
@@ -443,18 +442,6 @@ def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate: int = MP3_BITRATE
 # Pocket TTS draws its flow noise from torch's global generator (generate takes no generator),
 # so seeding it is process-wide: one lock serializes every seeded TTS run in the process.
 _tts_lock = threading.Lock()
-# A diffusers pipeline keeps per-call state; one lock per ambience pipeline serializes calls.
-_pipe_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_pipe_locks_guard = threading.Lock()
-
-
-def _lock_for(pipe: Any) -> threading.Lock:
-    """The lock that serializes calls on one pipeline instance."""
-    with _pipe_locks_guard:
-        lock = _pipe_locks.get(pipe)
-        if lock is None:
-            lock = _pipe_locks[pipe] = threading.Lock()
-        return lock
 
 
 def load_tts_model(key: PoolKey) -> SpeechModel:
@@ -610,7 +597,7 @@ def _render_ambience(
 
     # A CPU generator gives the same noise on every machine, so the seed reproduces the bed.
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    with _lock_for(pipe), memory_savings(pipe), torch.inference_mode():
+    with exclusive_call(pipe), torch.inference_mode():
         output = pipe(
             prompt=prompt,
             negative_prompt=AMBIENCE_NEGATIVE_PROMPT,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from moviegen_dagster.generation.common import labelled, memory_savings, sentence, words
+from moviegen_dagster.generation.common import exclusive_call, labelled, sentence, words
 from moviegen_dagster.generation.encode_video import (
     AUDIO_CODEC,
     VIDEO_CODEC,
@@ -66,11 +64,6 @@ _MANAGED_KWARGS = frozenset(
         "audio_latents",
     }
 )
-
-# A pipeline object keeps per-call state (scheduler timesteps, guidance scales), so two calls on
-# the same instance must not overlap; one lock per pipeline instance serializes them.
-_pipe_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_pipe_locks_guard = threading.Lock()
 
 
 @dataclass
@@ -324,15 +317,6 @@ def configure_pipeline(pipe: Any) -> None:
         vae.use_framewise_decoding = False
 
 
-def _lock_for(pipe: Any) -> threading.Lock:
-    """The lock that serializes calls on one pipeline instance."""
-    with _pipe_locks_guard:
-        lock = _pipe_locks.get(pipe)
-        if lock is None:
-            lock = _pipe_locks[pipe] = threading.Lock()
-        return lock
-
-
 def _max_sequence_length(pipe: Any) -> int:
     """Prompt tokens per call: LTX-2's 1024, or fewer if the tokenizer's limit is lower."""
     limit = int(min(DEFAULT_MAX_SEQUENCE_LENGTH, getattr(pipe.tokenizer, "model_max_length", 1024)))
@@ -424,7 +408,7 @@ def generate_video(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     elapsed = 0.0
     # After an out-of-memory error the retry decodes in tiles (and offloads on CUDA).
-    with _lock_for(pipe), memory_savings(pipe):
+    with exclusive_call(pipe):
         previous_last: np.ndarray | None = None
         for clip_index, plan in enumerate(plans):
             steps_before = clip_index * req.steps

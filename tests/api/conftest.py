@@ -89,6 +89,10 @@ class StoreOnlyDispatcher:
             )
         return reopened
 
+    def graphql(self, query: str, variables: dict[str, Any], field: str) -> dict[str, Any]:
+        """No Dagster here: whatever needs it fails as with the webserver down."""
+        raise dispatch.Unavailable("no Dagster webserver in store-only tests")
+
     def health(self) -> dict[str, str]:
         """The database for real; other components as a test sets them."""
         self._maybe_fail()

@@ -55,17 +55,11 @@ def answer(resp: Any) -> tuple[int, bytes, dict[str, str]]:
     return resp.status_code, resp.content, headers
 
 
-def _limits_off() -> dict[str, Any]:
-    """Settings that lift per-project submit limits, where this build has them."""
-    fields = Settings.model_fields
-    extra: dict[str, Any] = {}
-    if "submit_rate_per_minute" in fields:
-        extra["MOVIEGEN_SUBMIT_RATE_PER_MINUTE"] = 1_000_000
-    if "submit_burst" in fields:
-        extra["MOVIEGEN_SUBMIT_BURST"] = 1_000_000
-    if "max_queued_per_project" in fields:
-        extra["MOVIEGEN_MAX_QUEUED_PER_PROJECT"] = 1_000_000
-    return extra
+# 0 switches the per-project submit rate limit and queue cap off.
+LIMITS_OFF: dict[str, Any] = {
+    "MOVIEGEN_SUBMIT_RATE_PER_MINUTE": 0,
+    "MOVIEGEN_MAX_QUEUED_PER_PROJECT": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +85,7 @@ def abuse_settings(
         DATABASE_URL=abuse_db,
         MOVIEGEN_ADMIN_KEY=SecretStr(ADMIN_KEY),
         MOVIEGEN_MEDIA_DIR=abuse_media_root,
-        **_limits_off(),
+        **LIMITS_OFF,
     )
 
 
