@@ -30,11 +30,6 @@ INPUT_ASSET_BY_TASK_TYPE = {
     "generate_image": "style_references",
     "process_audio": "voice_profiles",
 }
-INPUT_ASSET_BY_GROUP = {
-    "scenes": "storyboard_frames",
-    "characters": "style_references",
-    "dialogue": "voice_profiles",
-}
 
 storyboard_frames = dg.AssetSpec(
     "storyboard_frames",
@@ -67,6 +62,8 @@ voice_profiles = dg.AssetSpec(
     ),
 )
 INPUT_SPECS = [storyboard_frames, style_references, voice_profiles]
+# The input asset of each media asset group (a media asset's upstream in the graph).
+INPUT_ASSET_BY_GROUP = {str(spec.group_name): spec.key.to_user_string() for spec in INPUT_SPECS}
 
 # Inputs fetched by the run executing in this context (one run per worker child at a time).
 _FETCHED: ContextVar[list[dict[str, Any]] | None] = ContextVar("moviegen_inputs", default=None)

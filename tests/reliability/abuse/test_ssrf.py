@@ -474,14 +474,6 @@ def test_refused_input_fails_the_task_end_to_end(
             assert resp.status_code == 202, resp.text
             task_id = resp.json()["task_id"]
             doc = running_stack.wait_terminal(client, task_id, timeout=120)
-            for _ in range(2):
-                # On a starved machine Dagster can fail a run before it starts (dequeue or
-                # launch errors); that is not this test's subject, so such a run is retried.
-                if doc["status"] != "failed" or "reference_images" in (doc["error"] or ""):
-                    break
-                print(f"\nretrying a run that failed before its op: {doc['error']}")
-                assert client.post(f"/api/v1/tasks/{task_id}/retry").status_code == 202
-                doc = running_stack.wait_terminal(client, task_id, timeout=120)
     finally:
         inner.close()
     assert doc["status"] == "failed", doc
