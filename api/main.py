@@ -16,11 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.deps import TaskDispatcher
-from api.middleware import BodyLimitMiddleware
+from api.middleware import BodyLimitMiddleware, TaskLogContextMiddleware
 from api.routes import backfills, events, media, metrics, projects, system, tasks
 from moviegen_dagster import db, keys
 from moviegen_dagster.dispatch import Dispatcher
-from moviegen_dagster.logs import TaskLogContextMiddleware
 from moviegen_dagster.settings import Settings, get_settings
 
 DESCRIPTION = """

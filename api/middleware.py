@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
+from moviegen_dagster.logs import bind
+
+# Requests on one task: their log records carry its id.
+_TASK_PATH = re.compile(r"^/api/v1/tasks/([0-9a-fA-F-]{36})(/|$)")
 
 
 class _BodyTooLarge(Exception):
@@ -82,3 +88,19 @@ class BodyLimitMiddleware:
         # Connection: close, since the unread rest of the body cannot be skipped on a keep-alive.
         response = error_response(status, message, headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class TaskLogContextMiddleware:
+    """Binds the task id of `/api/v1/tasks/{task_id}/...` requests to their log records."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _TASK_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        # Routes run in the threadpool with a copy of this context, so they inherit the binding.
+        with bind(task_id=match.group(1).lower()):
+            await self.app(scope, receive, send)

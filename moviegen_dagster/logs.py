@@ -11,10 +11,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -33,7 +32,6 @@ RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process_name)s] %(message)s"
 # Libraries that log every request or migration step at INFO: kept to warnings.
 QUIET_LOGGERS = ("httpx", "httpcore", "alembic")
-_TASK_PATH = re.compile(r"^/api/v1/tasks/([0-9a-fA-F-]{36})(/|$)")
 
 
 @contextmanager
@@ -217,24 +215,3 @@ def write_uvicorn_log_config(path: Path, process_name: str, fmt: str, level: str
     """Write the uvicorn logging config as JSON; returns the path for `--log-config`."""
     path.write_text(json.dumps(uvicorn_log_config(process_name, fmt, level), indent=2))
     return path
-
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class TaskLogContextMiddleware:
-    """Binds the task id of `/api/v1/tasks/{task_id}/...` requests to their log records."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request through with the task id bound (threadpool routes inherit it)."""
-        match = _TASK_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        with bind(task_id=match.group(1).lower()):
-            await self.app(scope, receive, send)

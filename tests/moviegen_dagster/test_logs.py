@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from api.middleware import TaskLogContextMiddleware
 from moviegen_dagster import logs, worker_state
 from moviegen_dagster.settings import Settings
 
@@ -76,7 +77,7 @@ def test_middleware_binds_the_task_of_the_path(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         logger.info("handling %s", scope["path"])
 
-    middleware = logs.TaskLogContextMiddleware(app)
+    middleware = TaskLogContextMiddleware(app)
     for path in (f"/api/v1/tasks/{task_id}/events", "/api/v1/health"):
         asyncio.run(middleware({"type": "http", "path": path}, None, None))
     on_task, other = _records(buf)
