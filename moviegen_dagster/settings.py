@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         default=15.0, alias="MOVIEGEN_WORKER_DEAD_AFTER_SECONDS"
     )
     run_max_retries: int = Field(default=2, alias="MOVIEGEN_RUN_MAX_RETRIES", ge=0, le=10)
+    # How long Dagster's processes wait for an unreachable database before an operation fails.
+    db_outage_patience_seconds: float = Field(
+        default=60.0, ge=0, alias="MOVIEGEN_DB_OUTAGE_PATIENCE_SECONDS"
+    )
     max_runtime_image_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_IMAGE")
     max_runtime_video_seconds: int = Field(default=7200, alias="MOVIEGEN_MAX_RUNTIME_VIDEO")
     max_runtime_audio_seconds: int = Field(default=1800, alias="MOVIEGEN_MAX_RUNTIME_AUDIO")

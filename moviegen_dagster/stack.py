@@ -55,8 +55,12 @@ def dagster_yaml(settings: Settings, database_url: str, redis_url: str) -> str:
     )
     return f"""# Written by `moviegen up`; every process of the stack reads it.
 storage:
-  postgres:
-    postgres_url: "{pg}"
+  custom:
+    module: moviegen_dagster.pg_storage
+    class: MovieGenPostgresStorage
+    config:
+      postgres_url: "{pg}"
+      connect_patience_seconds: {settings.db_outage_patience_seconds}
 run_coordinator:
   module: moviegen_dagster.coordinator
   class: MovieGenRunCoordinator

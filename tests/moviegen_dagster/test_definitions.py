@@ -52,6 +52,8 @@ def test_dagster_yaml_limits_runs_per_worker_type_and_uses_psycopg2() -> None:
     assert "value: gpu_heavy\n        limit: 1" in text
     assert "value: gpu_light\n        limit: 2" in text
     assert "class: MovieGenRunLauncher" in text
+    assert "class: MovieGenPostgresStorage" in text
+    assert "connect_patience_seconds: 60.0" in text
 
 
 def test_asset_graph_shows_each_takes_inputs_upstream() -> None:

@@ -4,6 +4,7 @@ lost and tasks in flight complete. Redis: accepted tasks still run once it is ba
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -23,11 +24,14 @@ from tests.reliability.faults.conftest import (
 
 pytestmark = pytest.mark.reliability
 
-# Long enough (several seconds on the tiny models) to stay in flight across the whole outage, so
-# the queued tasks start after it: a step starting while the database is down fails in
-# Dagster's own input-version lookup, which is not retried (see docs/reliability.md).
+# Long enough (several seconds on the tiny models) to stay in flight across the whole outage:
+# their steps write events while the database is down. The queued tasks start around the
+# database's return, when a step's first reads (its input data versions) may still find it
+# unreachable and wait it out (moviegen_dagster/pg_storage.py).
 IN_FLIGHT = {"resolution": "640x640", "steps": 100}
 DOWN_FOR_S = 4.0
+# Longer than dagster-postgres's own connection retries (5 tries, about 6 s in all).
+READ_OUTAGE_S = 10.0
 # What "answers within a few seconds" means for a request during the outage.
 ANSWER_BOUND_S = 8.0
 
@@ -126,6 +130,46 @@ def test_postgres_restart_under_load_loses_nothing(healthy_fault_stack: RunningS
         db_back_to_first_submit_s=first_submit_s,
         db_back_to_first_attempt_started_s=running_again_s,
     )
+
+
+def test_dagster_reads_wait_out_a_postgres_restart(healthy_fault_stack: RunningStack) -> None:
+    """What a run step does first (read its run, its inputs' latest materializations) waits
+    for the database instead of failing the step; the webserver's held connection, cut by the
+    restart, is replaced on its first query."""
+    from dagster import AssetKey
+
+    stack = healthy_fault_stack
+    instance = stack.instance()
+    graphql = {"query": "{ runsOrError(limit: 1) { __typename } }"}
+    with httpx.Client(base_url=stack.dagster_url, timeout=30) as dagster:
+        assert dagster.post("/graphql", json=graphql).status_code == 200  # a held connection
+
+        outcome: dict[str, Any] = {}
+
+        def step_start_reads() -> None:
+            started = time.monotonic()
+            try:
+                instance.get_runs(limit=1)
+                instance.get_latest_materialization_event(AssetKey("character_image"))
+            except Exception as exc:  # reported by the assertion below
+                outcome["error"] = exc
+            outcome["took"] = time.monotonic() - started
+
+        stack.stack.stop_postgres()
+        reader = threading.Thread(target=step_start_reads)
+        reader.start()
+        try:
+            time.sleep(READ_OUTAGE_S)  # the outage
+        finally:
+            stack.stack.start_postgres()
+        reader.join(timeout=120)
+        assert "error" not in outcome, outcome
+        assert outcome["took"] >= READ_OUTAGE_S, outcome
+
+        first = dagster.post("/graphql", json=graphql)
+        assert first.status_code == 200, first.text
+        assert first.json()["data"]["runsOrError"]["__typename"] == "Runs"
+    report("dagster reads across a restart", down_s=READ_OUTAGE_S, read_took_s=outcome["took"])
 
 
 def test_redis_restart_under_load_loses_nothing(healthy_fault_stack: RunningStack) -> None:
