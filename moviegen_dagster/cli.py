@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from moviegen_dagster.cli_client import COMMANDS, add_client_commands
 from moviegen_dagster.cli_client import run as run_client
@@ -50,6 +51,22 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     from moviegen_dagster.db import migrate
 
     migrate(get_settings().require_database_url())
+    return 0
+
+
+def cmd_dagster_yaml(args: argparse.Namespace) -> int:
+    """Print the Dagster instance configuration for DATABASE_URL, REDIS_URL and the settings."""
+    from moviegen_dagster.stack import dagster_yaml
+
+    settings = get_settings()
+    if not settings.database_url or not settings.redis_url:
+        print("moviegen dagster-yaml: set DATABASE_URL and REDIS_URL", file=sys.stderr)
+        return 2
+    text = dagster_yaml(settings, settings.database_url, settings.redis_url)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -118,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the stack (embedded PostgreSQL/Redis unless configured)")
     sub.add_parser("migrate", help="create or upgrade the moviegen schema")
+    dy = sub.add_parser(
+        "dagster-yaml", help="print the dagster.yaml of a multi-host deployment (external services)"
+    )
+    dy.add_argument("--output", "-o", help="write it to this file instead of stdout")
     k = sub.add_parser("keys", help="manage API keys")
     ksub = k.add_subparsers(dest="keys_cmd", required=True)
     create = ksub.add_parser("create", help="create a key and print it once")
@@ -142,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.cmd in COMMANDS:
         return run_client(args)
-    handler = {"up": cmd_up, "migrate": cmd_migrate, "keys": cmd_keys}[args.cmd]
+    handler = {
+        "up": cmd_up,
+        "migrate": cmd_migrate,
+        "dagster-yaml": cmd_dagster_yaml,
+        "keys": cmd_keys,
+    }[args.cmd]
     return handler(args)
 
 

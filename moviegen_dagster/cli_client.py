@@ -1,4 +1,4 @@
-"""The `moviegen` HTTP client commands: submit, list, status, cancel, retry, workers.
+"""The `moviegen` HTTP client commands: submit, list, status, cancel, retry, preview, workers.
 
 Exit codes: 0 ok, 1 the awaited task failed or was cancelled, 2 usage, 3 HTTP/API error.
 `--json` prints machine output only on stdout; progress and messages go to stderr.
@@ -91,14 +91,19 @@ class ApiClient:
         """Close connections."""
         self.http.close()
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One request; the JSON body, or ApiFailure with the API's own message."""
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One successful response, or ApiFailure with the API's own message."""
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ApiFailure(f"cannot reach the API at {self.http.base_url}: {exc}") from exc
         if resp.status_code >= 400:
             raise _failure(resp)
+        return resp
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request; the JSON body, or ApiFailure with the API's own message."""
+        resp = self.request(method, path, **kwargs)
         return resp.json() if resp.content else None
 
     def events(self, task_id: str, last_event_id: str | None) -> Iterator[SseEvent]:
@@ -385,12 +390,32 @@ def cmd_workers(client: ApiClient, args: argparse.Namespace, output: Output) -> 
     return EXIT_OK
 
 
+def cmd_preview(client: ApiClient, args: argparse.Namespace, output: Output) -> int:
+    """Save a task's latest preview (a frame, the image or a waveform) to a file."""
+    resp = client.request("GET", f"/api/v1/tasks/{args.task_id}/preview")
+    media_type = resp.headers.get("content-type", "")
+    ext = ".png" if media_type.startswith("image/png") else ".jpg"
+    path = Path(args.output or f"{args.task_id}-preview{ext}")
+    path.write_bytes(resp.content)
+    doc = {
+        "task_id": args.task_id,
+        "file": str(path),
+        "kind": resp.headers.get("x-preview-kind"),
+        "label": resp.headers.get("x-preview-label"),
+        "media_type": media_type,
+        "bytes": len(resp.content),
+    }
+    output.result(doc, lambda d: output.out.print(f"{d['file']}  {d['kind']}: {d['label']}"))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace, Output], int]] = {
     "submit": cmd_submit,
     "status": cmd_status,
     "cancel": cmd_cancel,
     "retry": cmd_retry,
     "list": cmd_list,
+    "preview": cmd_preview,
     "workers": cmd_workers,
 }
 
@@ -444,6 +469,9 @@ def add_client_commands(sub: Any, default_api_url: str) -> None:
     ls.add_argument("--type", choices=TASK_TYPES)
     ls.add_argument("--page", type=_positive_int, default=1)
     ls.add_argument("--limit", type=_positive_int, default=20)
+    pv = sub.add_parser("preview", parents=[common], help="save a task's latest preview image")
+    pv.add_argument("task_id")
+    pv.add_argument("--output", "-o", help="file to write (default TASK_ID-preview.jpg/.png)")
     sub.add_parser("workers", parents=[common], help="show the workers")
 
 

@@ -137,6 +137,28 @@ MIGRATIONS.append(
 )
 
 
+# Previews: the latest small image of a take in progress (previews.py). Writing one bumps
+# tasks.preview_seq, so the event trigger numbers it and wakes the task's open streams.
+MIGRATIONS.append(
+    (
+        7,
+        """
+        CREATE TABLE moviegen.task_previews (
+            task_id     uuid PRIMARY KEY REFERENCES moviegen.tasks (task_id) ON DELETE CASCADE,
+            kind        text NOT NULL,
+            label       text NOT NULL,
+            media_type  text NOT NULL,
+            width       integer NOT NULL,
+            height      integer NOT NULL,
+            data        bytea NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE moviegen.tasks ADD COLUMN preview_seq integer NOT NULL DEFAULT 0;
+        """,
+    )
+)
+
+
 def migrate(database_url: str) -> None:
     """Apply pending migrations (safe to call from several processes at once)."""
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -19,6 +19,8 @@ from moviegen_dagster.settings import WORKER_TYPE_BY_TASK, Settings
 log = logging.getLogger("moviegen.dispatch")
 
 LOCATION = "moviegen"
+# How long the API's reads of Dagster's storage wait for an unreachable database.
+API_DB_PATIENCE_S = 5.0
 # How long a failed run may stay without Dagster's retry decision before it counts as final.
 RETRY_DECISION_GRACE_S = 30.0
 REPOSITORY = "__repository__"
@@ -257,7 +259,13 @@ class Dispatcher:
         if self._instance is None:
             from dagster import DagsterInstance
 
-            self._instance = DagsterInstance.get()
+            from moviegen_dagster.pg_storage import limit_patience
+
+            instance = DagsterInstance.get()
+            # The same bound as the API's own pool checkout: a request during an outage gets
+            # its 503 in seconds, as on every other route.
+            limit_patience(instance, API_DB_PATIENCE_S)
+            self._instance = instance
         return self._instance
 
     def close(self) -> None:

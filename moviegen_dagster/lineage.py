@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 
 from moviegen_dagster.partitions import scenes
+from moviegen_dagster.previews import Preview
 
 # Source asset of each task type's inputs.
 INPUT_ASSET_BY_TASK_TYPE = {
@@ -127,12 +128,16 @@ def _short(url: str) -> str:
     return url if len(url) <= 60 else url[:28] + "…" + url[-28:]
 
 
-def preview(ext: str, url: str) -> str:
-    """Markdown the Dagster UI renders: the image itself, a link for video and audio."""
+def preview(ext: str, url: str, still: Preview | None = None) -> str:
+    """Markdown the Dagster UI renders: the image itself; for video and audio a link, under
+    the take's last worker preview (last frame, waveform) inlined as a data URL."""
     if ext == "jpg":
         return f"![take]({url})"
     label = "scene video (MP4)" if ext == "mp4" else "dialogue (MP3)"
-    return f"[▶ {label}]({url})"
+    link = f"[▶ {label}]({url})"
+    if still is None:
+        return link
+    return f"![{still.label}]({still.document()['data_url']})\n\n{link}"
 
 
 def record_inputs_asset(
@@ -191,6 +196,7 @@ def describe_lineage(
 ) -> tuple[dict[str, Any], dg.DataVersion]:
     """Record the take's inputs (input asset partition, task row); its metadata and version."""
     import psycopg
+    from psycopg.rows import dict_row
 
     from moviegen_dagster import store
     from moviegen_dagster.media_urls import stable_media_url
@@ -198,12 +204,13 @@ def describe_lineage(
 
     prov = take_provenance(meta, provenance)
     record_inputs_asset(run.context, run.task, prov["inputs"])
-    with psycopg.connect(state.database_url, autocommit=True) as conn:
+    with psycopg.connect(state.database_url, autocommit=True, row_factory=dict_row) as conn:
         store.save_provenance(conn, run.task_id, prov)
+        still = store.get_preview(conn, run.task["task_id"]) if ext != "jpg" else None
     link = stable_media_url(get_settings(), key)
     parent = run.task.get("parent_task_id")
     md: dict[str, Any] = {
-        "preview": dg.MetadataValue.md(preview(ext, link)),
+        "preview": dg.MetadataValue.md(preview(ext, link, still)),
         "media_link": dg.MetadataValue.url(link),
         "model_id": prov["model"],
         "model_revision": prov["model_revision"],

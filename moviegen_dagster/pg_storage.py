@@ -137,6 +137,14 @@ class PatientScheduleStorage(PostgresScheduleStorage):
         _ping_at_checkout(self._engine)
 
 
+def limit_patience(instance: Any, seconds: float) -> None:
+    """Wait at most `seconds` for the database in this process's instance (an API process
+    answers 503 rather than holding a request through an outage)."""
+    for storage in (instance.run_storage, instance.event_log_storage):
+        if isinstance(storage, PatientEventLogStorage | PatientRunStorage):
+            storage.connect_patience_s = min(storage.connect_patience_s, seconds)
+
+
 class MovieGenPostgresStorage(DagsterPostgresStorage):
     """The instance's storage (`storage: custom:` in dagster.yaml): the patient classes above."""
 

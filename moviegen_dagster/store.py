@@ -10,6 +10,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from moviegen_dagster.previews import Preview
+
 TERMINAL = ("completed", "failed", "cancelled")
 OPEN = ("queued", "processing")
 
@@ -214,6 +216,56 @@ def report_progress(
         WHERE task_id = %s AND status IN ('queued', 'processing')
         """,
         (min(max(progress, 0.0), 1.0), step, run_id, uuid.UUID(task_id)),
+    )
+
+
+def save_preview(conn: psycopg.Connection[Any], task_id: str, preview: Preview) -> bool:
+    """Keep an open task's latest preview; False when the task is no longer open."""
+    bumped = conn.execute(
+        "UPDATE moviegen.tasks SET preview_seq = preview_seq + 1 "
+        "WHERE task_id = %s AND status IN ('queued', 'processing') RETURNING task_id",
+        (uuid.UUID(task_id),),
+    ).fetchone()
+    if bumped is None:
+        return False
+    conn.execute(
+        """
+        INSERT INTO moviegen.task_previews (task_id, kind, label, media_type, width, height, data)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (task_id) DO UPDATE SET
+            kind = EXCLUDED.kind, label = EXCLUDED.label, media_type = EXCLUDED.media_type,
+            width = EXCLUDED.width, height = EXCLUDED.height, data = EXCLUDED.data,
+            created_at = now()
+        """,
+        (
+            uuid.UUID(task_id),
+            preview.kind,
+            preview.label,
+            preview.media_type,
+            preview.width,
+            preview.height,
+            preview.data,
+        ),
+    )
+    return True
+
+
+def get_preview(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> Preview | None:
+    """The task's latest preview, if it has one."""
+    row = conn.execute(
+        "SELECT kind, label, media_type, data, width, height "
+        "FROM moviegen.task_previews WHERE task_id = %s",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Preview(
+        row["kind"],
+        row["label"],
+        row["media_type"],
+        bytes(row["data"]),
+        row["width"],
+        row["height"],
     )
 
 

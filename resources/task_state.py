@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from moviegen_dagster import store
+from moviegen_dagster.previews import Preview
 
 # One autocommit connection per database per process, reused across runs.
 _CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}
@@ -63,6 +64,11 @@ class TaskStateResource(dg.ConfigurableResource):
                 "UPDATE moviegen.tasks SET error = %s WHERE task_id = %s",
                 (psycopg.types.json.Jsonb({"code": code, "message": message}), uuid.UUID(task_id)),
             )
+
+    def save_preview(self, task_id: str, preview: Preview) -> bool:
+        """Keep the task's latest preview (False once the task is no longer open)."""
+        with self._conn() as conn:
+            return store.save_preview(conn, task_id, preview)
 
     def write_progress(self, task_id: str, run_id: str, progress: float, step: str) -> None:
         """One progress write."""

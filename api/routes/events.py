@@ -1,4 +1,5 @@
-"""Live task events as Server-Sent Events: every status change until the terminal state."""
+"""Live task events as Server-Sent Events (every status change and preview until the terminal
+state), and a task's latest preview image."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, DispatcherDep, PoolDep, SettingsDep, TaskDispatcher
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, ApiError
 from api.routes.tasks import visible_task
 from api.schemas import TaskStatus
 from moviegen_dagster import store
 from moviegen_dagster.db import DictPool
+from moviegen_dagster.previews import Preview
 
 log = logging.getLogger("moviegen.api.events")
 
@@ -126,7 +128,8 @@ def _snapshot(
     """The task's current row and event sequence, synced with Dagster first when asked."""
     with pool.connection() as conn:
         row = conn.execute(
-            f"SELECT {store.TASK_COLUMNS}, event_seq FROM moviegen.tasks WHERE task_id = %s",
+            f"SELECT {store.TASK_COLUMNS}, event_seq, preview_seq "
+            "FROM moviegen.tasks WHERE task_id = %s",
             (task_id,),
         ).fetchone()
     assert row is not None  # tasks are never deleted while visible
@@ -151,7 +154,9 @@ def _last_seen(header: str | None) -> int | None:
     responses={
         200: {
             "description": "`status` events (the TaskStatus document) while the task changes, "
-            "then one `end` event; `id` is the task's change counter for `Last-Event-ID`.",
+            "`preview` events (kind, label, media type, size and the image as a `data_url`) "
+            "as the take takes shape, then one `end` event; `id` is the task's change counter "
+            "for `Last-Event-ID`. A (re)connected stream starts with the latest preview.",
             "content": {"text/event-stream": {}},
         }
     },
@@ -164,13 +169,15 @@ async def task_events(
     task_notifier: Annotated[TaskNotifier, Depends(notifier)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Stream a task's status changes as Server-Sent Events until it is terminal."""
+    """Stream a task's status changes and previews as Server-Sent Events until it is terminal."""
     task_id: uuid.UUID = row["task_id"]
     seen = _last_seen(last_event_id)
     wake = task_notifier.subscribe(str(task_id))
     refresh_every = settings.events_refresh_seconds
     next_refresh = 0.0
     first = True
+    sent_doc: dict[str, Any] | None = None
+    sent_preview = 0  # preview_seq of the last preview sent on this connection
     log.info("event stream opened", extra={"run_id": row["run_id"]})
     try:
         while True:
@@ -192,10 +199,27 @@ async def task_events(
                 seen = None  # an id from another life of the stream: start over
             if seen is None or seq > seen:
                 doc: dict[str, Any] = TaskStatus.from_row(current).model_dump(mode="json")
-                yield ServerSentEvent(
-                    event="status", data=doc, id=str(seq), retry=RETRY_MS if first else None
-                )
-                seen, first = seq, False
+                if doc != sent_doc:
+                    yield ServerSentEvent(
+                        event="status", data=doc, id=str(seq), retry=RETRY_MS if first else None
+                    )
+                    sent_doc, first = doc, False
+                seen = seq
+            if int(current["preview_seq"]) > sent_preview:
+                try:
+                    preview = await run_in_threadpool(_preview, pool, task_id)
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    log.warning("event stream could not read the preview: %s", exc)
+                else:
+                    if preview is not None:
+                        yield ServerSentEvent(
+                            event="preview",
+                            data=preview.document(),
+                            id=str(seq),
+                            retry=RETRY_MS if first else None,
+                        )
+                        first = False
+                    sent_preview = int(current["preview_seq"])
             if current["status"] in store.TERMINAL:
                 log.info(
                     "event stream ended: task %s",
@@ -211,3 +235,36 @@ async def task_events(
             await asyncio.sleep(max(0.0, read_at + MIN_READ_INTERVAL_S - time.monotonic()))
     finally:
         task_notifier.unsubscribe(str(task_id), wake)
+
+
+def _preview(pool: DictPool, task_id: uuid.UUID) -> Preview | None:
+    with pool.connection() as conn:
+        return store.get_preview(conn, task_id)
+
+
+@router.get(
+    "/{task_id}/preview",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The task's latest preview: a JPEG frame or image, or a PNG "
+            "waveform. `X-Preview-Kind` and `X-Preview-Label` say what it shows.",
+            "content": {"image/jpeg": {}, "image/png": {}},
+        }
+    },
+)
+def task_preview(task_id: str, caller: CallerDep, pool: PoolDep) -> Response:
+    """The latest preview of a task's take (404 `no_preview` until the worker makes one)."""
+    row = visible_task(pool, caller, task_id)
+    preview = _preview(pool, row["task_id"])
+    if preview is None:
+        raise ApiError(404, "this task has no preview yet", code="no_preview")
+    return Response(
+        content=preview.data,
+        media_type=preview.media_type,
+        headers={
+            "X-Preview-Kind": preview.kind,
+            "X-Preview-Label": preview.label,
+            "Cache-Control": "no-store",
+        },
+    )

@@ -66,7 +66,11 @@ def character_image(
             )
             run.report(0.1, "generating_image", force=True)
             image = generate_image(
-                pipe, request, on_step=on_step, should_stop=lambda: should_stop(context)
+                pipe,
+                request,
+                on_step=on_step,
+                should_stop=lambda: should_stop(context),
+                on_preview=run.preview,
             )
             take = stage(
                 run,

@@ -30,6 +30,7 @@ from moviegen_dagster.lineage import (
     start_inputs,
 )
 from moviegen_dagster.media_urls import stable_media_url
+from moviegen_dagster.previews import Preview
 from moviegen_dagster.settings import Settings, get_settings
 from resources.media_store import MediaStore
 from resources.payload import PayloadCMS, generation_metadata
@@ -73,6 +74,16 @@ class TaskRun:
     started: float
     # The step's context: deliver() records the take's inputs on their source asset with it.
     context: Any = None
+    state: TaskStateResource | None = None
+
+    def preview(self, preview: Preview) -> None:
+        """Publish a preview of the take; a database error loses this preview only."""
+        if self.state is None:
+            return
+        try:
+            self.state.save_preview(self.task_id, preview)
+        except psycopg.Error as exc:
+            log.warning("preview %r not recorded: %s", preview.label, exc)
 
     @property
     def task_id(self) -> str:
@@ -108,12 +119,13 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
         "record the attempt",
     )
     task = {**task, "attempt": attempt, "low_memory": low_memory}
+    # Claimed before the first log line, so every line of the attempt carries the task id.
+    worker_state.claim(task_id, context.run_id)
     context.log.info(
         f"task {task_id}: attempt {attempt} (run attempt {run_attempt}, "
         f"step attempt {step_retry + 1}){' in low-memory mode' if low_memory else ''}"
     )
     report = _BestEffortProgress(state.reporter(context.op_execution_context, task_id))
-    worker_state.claim(task_id, context.run_id)
     completed = False
     error: str | None = "interrupted"
     try:
@@ -121,7 +133,9 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
         with memory_mode(low_memory):
             faults.maybe_inject(task, "generate", attempt, should_stop=lambda: should_stop(context))
             start_inputs()
-            yield TaskRun(task=task, report=report, started=time.monotonic(), context=context)
+            yield TaskRun(
+                task=task, report=report, started=time.monotonic(), context=context, state=state
+            )
         completed = True
         error = None
     except GenerationCancelled as exc:

@@ -61,7 +61,12 @@ def dialogue_audio(
 
             run.report(0.1, "synthesizing_speech", force=True)
             speech = generate_speech(
-                tts, ambience, request, on_step=on_step, should_stop=lambda: should_stop(context)
+                tts,
+                ambience,
+                request,
+                on_step=on_step,
+                should_stop=lambda: should_stop(context),
+                on_preview=run.preview,
             )
             models_used = catalog.tts_model + (f" + {catalog.ambience_model}" if ambience else "")
             take = stage(

@@ -74,6 +74,7 @@ def scene_video(
                 gen_width=catalog.video_gen_width or None,
                 gen_height=catalog.video_gen_height or None,
                 on_phase=lambda phase: run.report(PHASES[phase], phase, force=True),
+                on_preview=run.preview,
             )
             take = stage(
                 run,

@@ -13,6 +13,7 @@ import PIL.Image
 
 from moviegen_dagster.generation.common import exclusive_call, labelled, sentence
 from moviegen_dagster.generation.errors import GenerationCancelled
+from moviegen_dagster.previews import Preview, frame_preview
 
 # Limits checked before the model is touched; the API may be stricter, never looser.
 MIN_SIDE = 64
@@ -114,8 +115,12 @@ def generate_image(
     req: ImageRequest,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_preview: Callable[[Preview], None] | None = None,
 ) -> ImageResult:
-    """Run one seeded text-to-image generation with progress and cooperative cancellation."""
+    """Run one seeded text-to-image generation with progress and cooperative cancellation.
+
+    `on_preview` gets a thumbnail of the image as soon as it is decoded.
+    """
     validate_request(req, size_multiple(pipe))
     if should_stop is not None and should_stop():
         raise GenerationCancelled("cancelled before generation started")
@@ -167,6 +172,8 @@ def generate_image(
         raise RuntimeError(
             f"pipeline returned {image.size[0]}x{image.size[1]}, expected {req.width}x{req.height}"
         )
+    if on_preview is not None:
+        on_preview(frame_preview(image, "image", kind="image"))
     return ImageResult(
         jpeg=encode_jpeg(image),
         width=req.width,

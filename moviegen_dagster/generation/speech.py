@@ -35,6 +35,7 @@ import numpy as np
 from moviegen_dagster.generation.common import exclusive_call, words
 from moviegen_dagster.generation.errors import GenerationCancelled
 from moviegen_dagster.generation.tiny_audio import TTS_CODEC_SUBFOLDER
+from moviegen_dagster.previews import Preview, waveform_preview
 from resources.models import PoolKey, register_loader
 
 # Limits checked before any model is touched; the API may be stricter, never looser.
@@ -629,8 +630,13 @@ def generate_speech(
     req: SpeechRequest,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_preview: Callable[[Preview], None] | None = None,
 ) -> SpeechResult:
-    """Speak one line in the profile's voice with pace, emotion and an optional ambience bed."""
+    """Speak one line in the profile's voice with pace, emotion and an optional ambience bed.
+
+    `on_preview` gets the voice's waveform once it is synthesized (before the ambience is
+    rendered) and, with an ambience bed, the waveform of the final mix.
+    """
     validate_request(req)
     prompt = ambience_prompt(req.background_noise)
     if prompt is not None and ambience_pipe is None:
@@ -660,6 +666,8 @@ def generate_speech(
     lead, tail = round(LEAD_IN_SECONDS * rate), round(TAIL_SECONDS * rate)
     mono = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)])
     mix = np.stack([mono, mono])
+    if on_preview is not None:
+        on_preview(waveform_preview(mono, "voice"))
 
     gain_db: float | None = None
     if prompt is not None:
@@ -682,6 +690,8 @@ def generate_speech(
     peak = float(np.max(np.abs(mix))) if mix.size else 0.0
     if peak > PEAK_CEILING:
         mix *= PEAK_CEILING / peak
+    if on_preview is not None and gain_db is not None:
+        on_preview(waveform_preview(mix, "voice with ambience"))
     progress.advance_to(progress.total)
 
     mp3 = encode_mp3(mix, rate, MP3_BITRATE)

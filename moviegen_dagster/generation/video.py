@@ -24,6 +24,7 @@ from moviegen_dagster.generation.errors import GenerationCancelled
 
 # Light import (no torch at module level): the marker file the tiny builder writes.
 from moviegen_dagster.generation.tiny_video import TINY_MARKER
+from moviegen_dagster.previews import Preview, frame_preview
 
 # Limits checked before the model is touched; the API may be stricter, never looser.
 MIN_DURATION, MAX_DURATION = 1.0, 30.0
@@ -348,11 +349,13 @@ def generate_video(
     *,
     pipeline_kwargs: dict[str, Any] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    on_preview: Callable[[Preview], None] | None = None,
 ) -> VideoResult:
     """Generate chained LTX-2 clips from storyboard keyframes and deliver an H.264/AAC MP4.
 
     `on_phase` hears "generating_audio" once the last denoising step is done (the pipeline then
     decodes the frames and vocodes the soundtrack) and "encoding" before the MP4 is written.
+    `on_preview` gets a thumbnail of the last frame of each clip as the clip is done.
     """
     # pipeline_kwargs reach every pipeline call unchanged: the profile's guidance settings, e.g.
     # guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0 for a step-distilled checkpoint
@@ -447,6 +450,9 @@ def generate_video(
                 )
             clip = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
             previous_last = clip[-1]
+            if on_preview is not None:
+                label = f"clip {clip_index + 1} of {len(plans)}"
+                on_preview(frame_preview(previous_last, label))
             # Frames after the requested duration (the last clip rounds up to 8k+1) are dropped.
             take = min(len(clip), needed - plan.start)
             if take > 0:

@@ -28,6 +28,7 @@ ROUTES = {
     ("GET", "/api/v1/workers/status"),
     ("GET", "/media/{key}"),
     ("GET", "/api/v1/tasks/{task_id}/events"),
+    ("GET", "/api/v1/tasks/{task_id}/preview"),
     ("POST", "/api/v1/projects/{project_id}/backfills"),
     ("GET", "/api/v1/projects/{project_id}/backfills"),
     ("GET", "/api/v1/projects/{project_id}/backfills/{backfill_id}"),

@@ -70,3 +70,30 @@ def test_human_output(
         key=project.key,
     )
     assert code == 3 and "HTTP 400" in err and "unknown_field" in err
+
+
+def test_preview_is_saved_to_a_file(
+    run_cli: Any,
+    client: TestClient,
+    conn: psycopg.Connection[Any],
+    project: Project,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+
+    from moviegen_dagster import store
+    from moviegen_dagster.previews import waveform_preview
+
+    task_id = submit(client, project, task_type="process_audio")["task_id"]
+    code, _, err = run_cli("preview", task_id, key=project.key)
+    assert code == 3 and "no preview yet" in err
+
+    set_task(conn, task_id, status="processing")
+    wave = waveform_preview(np.sin(np.linspace(0, 60, 8000)), "voice")
+    assert store.save_preview(conn, task_id, wave)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli("preview", task_id, key=project.key)
+    saved = tmp_path / f"{task_id}-preview.png"
+    assert code == 0 and saved.name in out and "waveform: voice" in out
+    assert saved.read_bytes() == wave.data

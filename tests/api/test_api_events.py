@@ -178,3 +178,73 @@ def test_admin_key_streams_any_project(
     events = StreamReader(client, task_id, admin_headers).rest()
     assert [e.event for e in events] == ["status", "end"]
     assert events[0].json()["error"] == "it broke"
+
+
+def _frame(label: str, shade: int) -> Any:
+    import numpy as np
+
+    from moviegen_dagster.previews import frame_preview
+
+    return frame_preview(np.full((180, 320, 3), shade, dtype=np.uint8), label)
+
+
+def test_previews_arrive_as_events_and_from_the_preview_route(
+    client: TestClient, conn: psycopg.Connection[Any], project: Project, task_id: str
+) -> None:
+    import base64
+    import io
+
+    import PIL.Image
+
+    from moviegen_dagster import store
+
+    missing = client.get(f"/api/v1/tasks/{task_id}/preview", headers=project.headers)
+    assert_error(missing, 404, "no_preview")
+
+    set_task(conn, task_id, status="processing", progress=0.4, current_step="rendering_video")
+    reader = StreamReader(client, task_id, project.headers)
+    assert reader.next().event == "status"
+    assert store.save_preview(conn, task_id, _frame("clip 1 of 2", 40))
+    preview = reader.next()
+    # A preview changes no status field, so it is a preview event alone.
+    assert preview.event == "preview"
+    doc = preview.json()
+    assert (doc["kind"], doc["label"], doc["media_type"]) == ("frame", "clip 1 of 2", "image/jpeg")
+    header, encoded = doc["data_url"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    decoded = PIL.Image.open(io.BytesIO(base64.b64decode(encoded)))
+    assert decoded.size == (doc["width"], doc["height"]) == (320, 180)
+
+    assert store.save_preview(conn, task_id, _frame("clip 2 of 2", 200))
+    assert reader.next().json()["label"] == "clip 2 of 2"
+    latest = client.get(f"/api/v1/tasks/{task_id}/preview", headers=project.headers)
+    assert latest.status_code == 200 and latest.headers["content-type"] == "image/jpeg"
+    assert latest.headers["x-preview-label"] == "clip 2 of 2"
+    assert PIL.Image.open(io.BytesIO(latest.content)).getpixel((5, 5))[0] > 150
+
+    # A reconnecting client starts with the latest preview; a finished task takes no more.
+    resumed = StreamReader(client, task_id, project.headers, last_id=preview.id)
+    assert [e.event for e in (resumed.next(), resumed.next())] == ["status", "preview"]
+    set_task(conn, task_id, status="cancelled", current_step="cancelled")
+    assert not store.save_preview(conn, task_id, _frame("too late", 0))
+    assert [e.event for e in reader.rest()] == ["status", "end"]
+    assert [e.event for e in resumed.rest()] == ["status", "end"]
+
+
+def test_preview_of_another_projects_task_is_an_unknown_task(
+    client: TestClient,
+    conn: psycopg.Connection[Any],
+    project: Project,
+    other_project: Project,
+    task_id: str,
+) -> None:
+    from moviegen_dagster import store
+
+    set_task(conn, task_id, status="processing")
+    assert store.save_preview(conn, task_id, _frame("clip 1 of 1", 90))
+    foreign = client.get(f"/api/v1/tasks/{task_id}/preview", headers=other_project.headers)
+    unknown = client.get(
+        "/api/v1/tasks/00000000-0000-4000-8000-000000000000/preview", headers=project.headers
+    )
+    assert_error(foreign, 404, "not_found")
+    assert foreign.content == unknown.content

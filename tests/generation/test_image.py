@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -71,6 +72,23 @@ def test_progress_is_reported_every_step(tiny_image_pipe: Any) -> None:
         on_step=lambda step, total: calls.append((step, total)),
     )
     assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_preview_is_a_thumbnail_of_the_decoded_image(tiny_image_pipe: Any) -> None:
+    """on_preview gets the image itself (as a JPEG of at most 320 px) once it is decoded."""
+    previews: list[Any] = []
+    result = generate_image(
+        tiny_image_pipe,
+        ImageRequest(prompt="a detective", width=512, height=256, steps=1, seed=2),
+        on_preview=previews.append,
+    )
+    [preview] = previews
+    assert (preview.kind, preview.label, preview.media_type) == ("image", "image", "image/jpeg")
+    assert (preview.width, preview.height) == (320, 160)
+    full = PIL.Image.open(io.BytesIO(result.jpeg)).convert("RGB").resize((320, 160))
+    shown = PIL.Image.open(io.BytesIO(preview.data)).convert("RGB")
+    difference = np.abs(np.asarray(full, np.int16) - np.asarray(shown, np.int16))
+    assert float(difference.mean()) < 12
 
 
 def test_should_stop_cancels_at_the_next_step(tiny_image_pipe: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import av
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -324,6 +325,7 @@ def test_background_noise_is_mixed_under_the_speech(
 ) -> None:
     """rain_ambience fills the gaps and sits AMBIENCE_GAIN_DB under the speech (±1.5 dB)."""
     calls: list[tuple[int, int]] = []
+    previews: list[Any] = []
     mixed = generate_speech(
         tts,
         ambience,
@@ -335,7 +337,9 @@ def test_background_noise_is_mixed_under_the_speech(
             background_noise="rain_ambience",
         ),
         on_step=lambda step, total: calls.append((step, total)),
+        on_preview=previews.append,
     )
+    assert [p.label for p in previews] == ["voice", "voice with ambience"]
     assert mixed.ambience_gain_db == AMBIENCE_GAIN_DB == -18.0
     assert mixed.duration == plain_line.duration  # the bed is cut to the speech's length
     speech, rate = _decode(plain_line.mp3)
@@ -365,6 +369,22 @@ def test_background_noise_is_mixed_under_the_speech(
     assert {t for _, t in calls} == {total}
     assert total == 42 + 2
     assert any(step > 42 for step in steps[:-1])
+
+
+def test_voice_preview_is_its_waveform(tts: SpeechModel, voice_low: bytes) -> None:
+    """Without ambience the one preview is the voice's envelope: a PNG, silent lead-in flat."""
+    previews: list[Any] = []
+    generate_speech(
+        tts, None, SpeechRequest(text=LINE, voice_wav=voice_low, seed=1), on_preview=previews.append
+    )
+    [preview] = previews
+    assert (preview.kind, preview.label, preview.media_type) == ("waveform", "voice", "image/png")
+    image = np.asarray(PIL.Image.open(io.BytesIO(preview.data)).convert("RGB"))
+    assert image.shape == (preview.height, preview.width, 3) == (96, 480, 3)
+    drawn = (image != image[0, 0]).any(axis=2)  # pixels that differ from the background
+    heights = drawn.sum(axis=0)
+    assert heights[:2].max() <= 2  # the lead-in silence is the centre line only
+    assert heights.max() > 40  # the speech reaches well beyond it (normalised to the peak)
 
 
 def test_ambience_is_looped_to_any_length() -> None:

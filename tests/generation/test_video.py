@@ -284,7 +284,8 @@ def test_clips_chain_on_the_last_frame_and_audio_follows_the_timeline(
     monkeypatch.setattr(video_module, "encode_mp4", fake_encode)
     pipe = _RecordingPipe()
     request = _request(clip_frames=17, keyframes=_keyframes(3), width=320, height=180)
-    result = generate_video(pipe, request, gen_width=128, gen_height=64)
+    previews: list[Any] = []
+    result = generate_video(pipe, request, gen_width=128, gen_height=64, on_preview=previews.append)
     first, second = pipe.calls
     assert (first["num_frames"], second["num_frames"]) == (17, 9)
     assert (first["width"], first["height"], first["max_sequence_length"]) == (128, 64, 256)
@@ -311,6 +312,14 @@ def test_clips_chain_on_the_last_frame_and_audio_follows_the_timeline(
     assert np.all(np.diff(join) >= 0) and 0.1 <= join[0] < join[-1] <= 0.2
     assert np.allclose(audio[:, 16424:], 0.2)
     assert (result.clips, result.audio_sample_rate, result.mp4) == (2, 48000, b"mp4")
+    # One preview per finished clip: a JPEG of its last frame.
+    assert [(p.kind, p.label, p.width, p.height) for p in previews] == [
+        ("frame", "clip 1 of 2", 128, 64),
+        ("frame", "clip 2 of 2", 128, 64),
+    ]
+    for preview, grey in zip(previews, (round(255 * 0.1), round(255 * 0.2)), strict=True):
+        shown = np.asarray(PIL.Image.open(io.BytesIO(preview.data)))
+        assert abs(float(shown.mean()) - grey) < 3, (preview.label, shown.mean())
 
 
 def test_should_stop_before_start_never_runs_the_model() -> None:

@@ -178,3 +178,28 @@ def test_keys_rotate(keys_database: str, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["keys", "rotate", "999999"]) == 1
     assert "999999" in capsys.readouterr().err
     assert cli.main(["keys", "rotate", str(created["key_id"]), "--grace-hours", "-1"]) == 2
+
+
+def test_dagster_yaml_for_external_services(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["dagster-yaml"]) == 2
+        assert "DATABASE_URL and REDIS_URL" in capsys.readouterr().err
+
+        monkeypatch.setenv("DATABASE_URL", "postgresql://mg@db.internal:5432/moviegen")
+        monkeypatch.setenv("REDIS_URL", "redis://redis.internal:6379/0")
+        monkeypatch.setenv("MOVIEGEN_WORKERS", "gpu_heavy=4,gpu_light=8")
+        get_settings.cache_clear()
+        target = tmp_path / "dagster.yaml"
+        assert cli.main(["dagster-yaml", "-o", str(target)]) == 0
+        text = target.read_text()
+    finally:
+        get_settings.cache_clear()
+    assert 'postgres_url: "postgresql+psycopg2://mg@db.internal:5432/moviegen"' in text
+    assert 'broker: "redis://redis.internal:6379/0"' in text
+    assert "value: gpu_heavy\n        limit: 4" in text
+    assert "value: gpu_light\n        limit: 8" in text

@@ -63,3 +63,20 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError):
         connect_patiently(connect, 60, clock, clock.sleep)
     assert clock.sleeps == []
+
+
+def test_api_processes_wait_less() -> None:
+    from types import SimpleNamespace
+
+    from moviegen_dagster.pg_storage import (
+        PatientEventLogStorage,
+        PatientRunStorage,
+        limit_patience,
+    )
+
+    runs = object.__new__(PatientRunStorage)
+    events = object.__new__(PatientEventLogStorage)
+    events.connect_patience_s = 2.0  # already below the limit: kept
+    limit_patience(SimpleNamespace(run_storage=runs, event_log_storage=events), 5.0)
+    assert (runs.connect_patience_s, events.connect_patience_s) == (5.0, 2.0)
+    assert PatientRunStorage.connect_patience_s == 60.0  # the class default is untouched

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import PIL.Image
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +56,13 @@ def test_event_stream_follows_a_task_to_completion(running_stack: RunningStack) 
     # More than the first and last state: the stream carried the progress in between.
     assert len(statuses) >= 3, statuses
     assert {s["current_step"] for s in statuses} & {"loading_model", "generating_image"}
+    # The worker's preview of the image reached the stream, and the preview route serves it.
+    previews = [e.json() for e in events if e.event == "preview"]
+    assert [(p["kind"], p["width"], p["height"]) for p in previews] == [("image", 256, 256)]
+    with running_stack.client() as client:
+        latest = client.get(f"/api/v1/tasks/{task_id}/preview")
+    assert latest.status_code == 200 and latest.headers["content-type"] == "image/jpeg"
+    assert PIL.Image.open(io.BytesIO(latest.content)).size == (256, 256)
 
     # Another project's key gets the unknown-task 404, before any streaming.
     with httpx.Client(base_url=running_stack.api_url, headers={"X-API-Key": KEY_B}) as other:
@@ -178,8 +187,11 @@ def test_logs_are_json_with_task_and_run_ids(running_stack: RunningStack) -> Non
     about_worker = [r for r in worker if r.get("task_id") == task_id]
     assert about_worker, "no worker log line carries the task id"
     assert all(r.get("run_id") == run_id for r in about_worker)
-    # MovieGen's own records that name the task carry it as a field too (the console lines
-    # Dagster prints before the op claims its slot are only tagged once the slot knows).
+    # The op's first line (its attempt) already carries the task: the slot is claimed first.
+    attempt_lines = [r for r in worker if f"task {task_id}: attempt 1" in r["message"]]
+    assert attempt_lines, "the attempt line is not in the worker log"
+    assert all(r.get("task_id") == task_id for r in attempt_lines), attempt_lines
+    # MovieGen's own records that name the task carry it as a field too.
     mentioning = [
         r
         for r in api + worker

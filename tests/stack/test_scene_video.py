@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 
 import av
 import httpx
-from dagster import RunsFilter
+from dagster import DagsterEventType, RunsFilter
 
 from tests.conftest import PROJECT_A, AssetServer, RunningStack, jpeg, poll, scene_task
 
@@ -58,3 +60,17 @@ def test_scene_video_is_an_h264_aac_mp4_in_the_delivery_format(
     runs = running_stack.instance().get_runs(RunsFilter(tags={"moviegen/task_id": task_id}))
     assert runs[0].tags["dagster/partition"] == f"{PROJECT_A}/scene_005"
     assert runs[0].tags["dagster-celery/queue"] == "gpu_heavy"
+
+    # The last clip's last frame is the task's preview, and the take's preview in Dagster.
+    with running_stack.client() as client:
+        still = client.get(f"/api/v1/tasks/{task_id}/preview")
+    assert still.status_code == 200 and still.headers["content-type"] == "image/jpeg"
+    assert still.headers["x-preview-kind"] == "frame"
+    assert re.fullmatch(r"clip (\d+) of \1", still.headers["x-preview-label"])
+    [take] = running_stack.instance().all_logs(
+        runs[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    )
+    markdown = take.asset_materialization.metadata["preview"].value
+    encoded = base64.b64encode(still.content).decode()
+    assert f"(data:image/jpeg;base64,{encoded})" in markdown
+    assert f"/media/{PROJECT_A}/videos/{task_id}.mp4" in markdown

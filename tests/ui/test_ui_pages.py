@@ -43,6 +43,14 @@ return Array.from(document.querySelectorAll('tr')).map((tr) => {
 }).filter(Boolean);
 """
 
+# Images rendered in the metadata row `preview`: source and decoded width (0 = broken).
+PREVIEW_IMAGES_JS = """
+const row = Array.from(document.querySelectorAll('tr')).find(
+  (tr) => tr.querySelector('td') && tr.querySelector('td').innerText.trim() === 'preview');
+if (!row) return null;
+return Array.from(row.querySelectorAll('img')).map((img) => [img.src, img.naturalWidth]);
+"""
+
 # Operations Swagger UI rendered: method and path of every operation block.
 SWAGGER_OPS_JS = """
 return Array.from(document.querySelectorAll('.opblock')).map((block) => [
@@ -148,6 +156,20 @@ def test_asset_page_shows_the_tasks_partition_and_take_metadata(
     assert prompt_text in rows["prompt"][0]
     assert rows["model"][0] == doc["result"]["metadata"]["model"]
     assert rows["model"][0], "model is empty"
+
+    # 4. The take's preview is a picture: the image itself, or the video's last frame inlined.
+    images = wait.until(
+        lambda d: [i for i in (d.execute_script(PREVIEW_IMAGES_JS) or []) if i[1] > 0] or None
+    )
+    preview_row = browser.find_element(By.XPATH, "//tr[td[1][normalize-space()='preview']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", preview_row)
+    _shoot(browser, screenshots, f"dagster-{asset}-preview.png")
+    [(src, width)] = images
+    if asset == "scene_video":
+        assert src.startswith("data:image/jpeg;base64,"), src[:80]
+    else:
+        assert src == media_url
+    assert width > 0
 
 
 def test_api_docs_page_lists_every_endpoint(
