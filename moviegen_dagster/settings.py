@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     submit_burst: int = Field(default=60, ge=1, alias="MOVIEGEN_SUBMIT_BURST")
     max_queued_per_project: int = Field(default=1000, ge=0, alias="MOVIEGEN_MAX_QUEUED_PER_PROJECT")
     outbox_retention_days: float = Field(default=7.0, gt=0, alias="MOVIEGEN_OUTBOX_RETENTION_DAYS")
+    # Previews of finished tasks (the take's Dagster metadata keeps its own copy).
+    preview_retention_days: float = Field(
+        default=30.0, gt=0, alias="MOVIEGEN_PREVIEW_RETENTION_DAYS"
+    )
 
     # Backfills: a schedule re-materializing missing/failed/stale partitions per project.
     # Empty cron: no schedule. Projects: a comma list or "*" (every project with tasks).

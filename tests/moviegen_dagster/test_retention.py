@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from moviegen_dagster import idempotency, store
+from moviegen_dagster.previews import Preview
 from moviegen_dagster.settings import get_settings
 from sensors.retention import prune, prune_retention
 from tests.pg_support import throwaway_database
@@ -33,7 +34,10 @@ def database_url() -> Iterator[str]:
 def conn(database_url: str) -> Iterator[Conn]:
     """A connection like the sensor's (dict rows, not autocommit), on emptied tables."""
     with psycopg.connect(database_url, row_factory=dict_row) as c:
-        c.execute("TRUNCATE moviegen.idempotency_keys, moviegen.webhook_outbox, moviegen.tasks")
+        c.execute(
+            "TRUNCATE moviegen.idempotency_keys, moviegen.webhook_outbox, moviegen.task_previews, "
+            "moviegen.tasks"
+        )
         c.commit()
         yield c
 
@@ -107,6 +111,31 @@ def test_finished_events_go_after_the_retention(conn: Conn) -> None:
     assert _events(conn) == [(recent, None), (None, recent), (None, None)]
 
 
+def test_previews_of_long_finished_tasks_go(conn: Conn) -> None:
+    old, recent = T0 - timedelta(days=30, seconds=1), T0 - timedelta(days=29)
+    kept_open, kept_recent, gone = _task(conn), _task(conn), _task(conn)
+    for task_id in (kept_open, kept_recent, gone):
+        still = Preview("image", "image", "image/jpeg", b"\xff\xd8jpeg", 8, 8)
+        assert store.save_preview(conn, str(task_id), still)
+    # Ended long ago, ended recently; an open task's preview stays however old it is.
+    conn.execute(
+        "UPDATE moviegen.tasks SET status = 'completed', updated_at = %s WHERE task_id = %s",
+        (old, gone),
+    )
+    conn.execute(
+        "UPDATE moviegen.tasks SET status = 'failed', updated_at = %s WHERE task_id = %s",
+        (recent, kept_recent),
+    )
+    conn.execute("UPDATE moviegen.tasks SET updated_at = %s WHERE task_id = %s", (old, kept_open))
+    counts = prune(conn, T0, timedelta(days=7), preview_retention=timedelta(days=30))
+    assert counts["previews"] == 1
+    assert store.get_preview(conn, gone) is None
+    assert store.get_preview(conn, kept_recent) is not None
+    assert store.get_preview(conn, kept_open) is not None
+    # Without a preview retention nothing is pruned.
+    assert prune(conn, T0 + timedelta(days=365), timedelta(days=7))["previews"] == 0
+
+
 def test_pruning_goes_in_batches(conn: Conn) -> None:
     for i in range(5):
         _key(conn, f"k{i}", T0 - timedelta(days=2), timedelta(hours=1))
@@ -132,7 +161,7 @@ def test_the_sensor_prunes_with_the_settings(
     finally:
         get_settings.cache_clear()
     assert isinstance(result, dg.SkipReason)
-    assert "1 idempotency key(s), 1 webhook event(s)" in str(result.skip_message)
+    assert "1 idempotency key(s), 1 webhook event(s), 0 preview(s)" in str(result.skip_message)
     conn.rollback()
     assert _names(conn) == ["live"]
     assert len(_events(conn)) == 1
