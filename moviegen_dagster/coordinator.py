@@ -131,6 +131,10 @@ class MovieGenRunCoordinator(QueuedRunCoordinator):
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         """Tag the run with its task, queue and worker type, then enqueue it."""
         run = context.dagster_run
+        if run.tags.get(tags.RETRY_ON_STEP_FAILURE) == "true":
+            # Inherited from a parent whose step failed on an unreachable database
+            # (step_retry.py): this run's own step failures are task errors again.
+            self._instance.add_run_tags(run.run_id, {tags.RETRY_ON_STEP_FAILURE: "false"})
         if needs_binding(run.tags):
             try:
                 ensure_task(self._instance, run, get_settings().require_database_url())

@@ -8,7 +8,9 @@ while the others run normally:
 - `FAULT_OOM_ALWAYS` / `FAULT_OOM_TWICE`: a real `torch.cuda.OutOfMemoryError` in the
   generation step on every attempt / the first two;
 - `FAULT_SLOW` / `FAULT_SLOW_ONCE`: the generation step stalls, in cancellable slices, on
-  every attempt / the first.
+  every attempt / the first;
+- `FAULT_DB_LOST_ONCE`: the first run's step loses its database connection before it records
+  an attempt (a real `psycopg.OperationalError`, as when PostgreSQL shuts down mid-query).
 
 "Attempt" is the task's attempt number: op retries inside one run and run retries both count.
 """
@@ -64,6 +66,20 @@ def maybe_inject(
         _stall(should_stop)
     if _has(data, "FAULT_OOM_ALWAYS") or (_has(data, "FAULT_OOM_TWICE") and n <= 2):
         raise out_of_memory(f"injected at attempt {n}")
+
+
+def maybe_lose_database(task: dict[str, Any], run_attempt: int) -> None:
+    """Lose the database connection at the start of the task's first run, when marked."""
+    if (
+        armed()
+        and run_attempt == 1
+        and _has(json.dumps(task.get("task_data", {})), "FAULT_DB_LOST_ONCE")
+    ):
+        import psycopg
+
+        raise psycopg.OperationalError(
+            "server closed the connection unexpectedly (injected fault: FAULT_DB_LOST_ONCE)"
+        )
 
 
 def out_of_memory(detail: str) -> BaseException:

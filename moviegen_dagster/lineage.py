@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from moviegen_dagster.partitions import scenes
-from moviegen_dagster.previews import Preview
+from moviegen_dagster.previews import Preview, inline_data_url
 
 # Source asset of each task type's inputs.
 INPUT_ASSET_BY_TASK_TYPE = {
@@ -128,16 +128,24 @@ def _short(url: str) -> str:
     return url if len(url) <= 60 else url[:28] + "…" + url[-28:]
 
 
+# The Dagster UI renders markdown metadata inline only below this length (longer values hide
+# behind "[Show Markdown]"), so an inlined picture must fit in it.
+MARKDOWN_INLINE_CHARS = 1000
+
+
 def preview(ext: str, url: str, still: Preview | None = None) -> str:
     """Markdown the Dagster UI renders: the image itself; for video and audio a link, under
-    the take's last worker preview (last frame, waveform) inlined as a data URL."""
+    the take's last worker preview (last frame, waveform) inlined as a small data URL."""
     if ext == "jpg":
         return f"![take]({url})"
     label = "scene video (MP4)" if ext == "mp4" else "dialogue (MP3)"
     link = f"[▶ {label}]({url})"
     if still is None:
         return link
-    return f"![{still.label}]({still.document()['data_url']})\n\n{link}"
+    alt = still.label.replace("[", "").replace("]", "")
+    budget = MARKDOWN_INLINE_CHARS - len(link) - len(alt) - 16
+    data_url = inline_data_url(still, budget)
+    return f"![{alt}]({data_url})\n\n{link}" if data_url else link
 
 
 def record_inputs_asset(

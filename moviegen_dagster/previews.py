@@ -49,6 +49,23 @@ class Preview:
         }
 
 
+def inline_data_url(preview: Preview, max_chars: int) -> str | None:
+    """The preview as a WebP data URL of at most `max_chars` (as large as fits), or None."""
+    import PIL.Image
+
+    image = PIL.Image.open(io.BytesIO(preview.data)).convert("RGB")
+    for side in (240, 192, 160, 128, 96, 64):
+        thumb = image.copy()
+        thumb.thumbnail((side, side), PIL.Image.Resampling.BILINEAR)
+        for quality in (60, 40):
+            buffer = io.BytesIO()
+            thumb.save(buffer, format="WEBP", quality=quality)
+            url = "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+            if len(url) <= max_chars:
+                return url
+    return None
+
+
 def frame_preview(frame: np.ndarray | PIL.Image.Image, label: str, kind: str = "frame") -> Preview:
     """A JPEG thumbnail (longest side at most MAX_SIDE) of an RGB frame or image."""
     import PIL.Image

@@ -16,6 +16,8 @@ DAGSTER_BACKFILL = "dagster/backfill"
 # Set on runs MovieGen did not launch itself (UI materializations, backfills, schedules).
 PARENT_TASK_ID = "moviegen/parent_task_id"
 BACKFILL_ID = "moviegen/backfill_id"
+# Dagster's per-run switch for retrying runs whose step failed; see step_retry.py.
+RETRY_ON_STEP_FAILURE = "dagster/retry_on_asset_or_op_failure"
 # Set on a run that run monitoring stopped for exceeding dagster/max_runtime (its value).
 TIMED_OUT = "moviegen/timed_out"
 

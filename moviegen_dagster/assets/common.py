@@ -32,6 +32,7 @@ from moviegen_dagster.lineage import (
 from moviegen_dagster.media_urls import stable_media_url
 from moviegen_dagster.previews import Preview
 from moviegen_dagster.settings import Settings, get_settings
+from moviegen_dagster.step_retry import retry_when_database_lost
 from resources.media_store import MediaStore
 from resources.payload import PayloadCMS, generation_metadata
 from resources.task_state import ProgressReporter, TaskStateResource
@@ -56,6 +57,8 @@ def media_asset(group_name: str, kinds: set[str], subject: str) -> Any:
     return dg.asset(
         partitions_def=scenes,
         retry_policy=OOM_RETRY,
+        # A step lost to an unreachable database (not to its task) is retried as a run.
+        hooks={retry_when_database_lost},
         group_name=group_name,
         kinds=kinds,
         metadata={"partition_key": f"{{project_id}}/{{{subject}}}"},
@@ -114,6 +117,7 @@ def task_run(context: dg.AssetExecutionContext, state: TaskStateResource) -> Ite
     step_retry = context.retry_number  # op retries in this run: only out-of-memory retries
     low_memory = step_retry > 0
     run_attempt = int(context.run.tags.get(tags.RETRY_NUMBER, "0")) + 1
+    faults.maybe_lose_database(task, run_attempt)
     attempt = _db_retry(
         lambda: _attempt_start(state, task_id, context.run_id, run_attempt, low_memory),
         "record the attempt",

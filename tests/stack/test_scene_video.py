@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 
@@ -67,10 +66,16 @@ def test_scene_video_is_an_h264_aac_mp4_in_the_delivery_format(
     assert still.status_code == 200 and still.headers["content-type"] == "image/jpeg"
     assert still.headers["x-preview-kind"] == "frame"
     assert re.fullmatch(r"clip (\d+) of \1", still.headers["x-preview-label"])
-    [take] = running_stack.instance().all_logs(
-        runs[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
-    )
-    markdown = take.asset_materialization.metadata["preview"].value
-    encoded = base64.b64encode(still.content).decode()
-    assert f"(data:image/jpeg;base64,{encoded})" in markdown
-    assert f"/media/{PROJECT_A}/videos/{task_id}.mp4" in markdown
+    [take] = [
+        entry.asset_materialization
+        for entry in running_stack.instance().all_logs(
+            runs[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        )
+        if entry.asset_materialization
+        and entry.asset_materialization.asset_key.path == ["scene_video"]
+    ]
+    markdown = take.metadata["preview"].value
+    # Inline in the UI (short markdown): a small WebP of that frame, above the video's link.
+    assert len(markdown) < 1000, len(markdown)
+    assert re.match(r"!\[clip \d+ of \d+\]\(data:image/webp;base64,[A-Za-z0-9+/=]+\)", markdown)
+    assert f"/media/{PROJECT_A}/videos/{task_id}.mp4)" in markdown

@@ -44,11 +44,14 @@ return Array.from(document.querySelectorAll('tr')).map((tr) => {
 """
 
 # Images rendered in the metadata row `preview`: source and decoded width (0 = broken).
-PREVIEW_IMAGES_JS = """
+PREVIEW_ROW_JS = """
 const row = Array.from(document.querySelectorAll('tr')).find(
   (tr) => tr.querySelector('td') && tr.querySelector('td').innerText.trim() === 'preview');
 if (!row) return null;
-return Array.from(row.querySelectorAll('img')).map((img) => [img.src, img.naturalWidth]);
+return {
+  images: Array.from(row.querySelectorAll('img')).map((img) => [img.src, img.naturalWidth]),
+  html: row.innerHTML.slice(0, 600),
+};
 """
 
 # Operations Swagger UI rendered: method and path of every operation block.
@@ -106,6 +109,7 @@ def test_asset_page_shows_the_tasks_partition_and_take_metadata(
     browser: WebDriver,
     screenshots: Path,
 ) -> None:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
@@ -158,15 +162,21 @@ def test_asset_page_shows_the_tasks_partition_and_take_metadata(
     assert rows["model"][0], "model is empty"
 
     # 4. The take's preview is a picture: the image itself, or the video's last frame inlined.
-    images = wait.until(
-        lambda d: [i for i in (d.execute_script(PREVIEW_IMAGES_JS) or []) if i[1] > 0] or None
-    )
+    def preview_images(driver: WebDriver) -> list[tuple[str, int]] | None:
+        row = driver.execute_script(PREVIEW_ROW_JS) or {"images": []}
+        return [tuple(i) for i in row["images"] if i[1] > 0] or None
+
+    try:
+        images = wait.until(preview_images)
+    except TimeoutException as exc:
+        row = browser.execute_script(PREVIEW_ROW_JS)
+        raise AssertionError(f"no rendered image in the preview row: {row}") from exc
     preview_row = browser.find_element(By.XPATH, "//tr[td[1][normalize-space()='preview']]")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", preview_row)
     _shoot(browser, screenshots, f"dagster-{asset}-preview.png")
     [(src, width)] = images
     if asset == "scene_video":
-        assert src.startswith("data:image/jpeg;base64,"), src[:80]
+        assert src.startswith("data:image/webp;base64,"), src[:80]
     else:
         assert src == media_url
     assert width > 0

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from moviegen_dagster import tags
 from tests.conftest import RunningStack, poll
 from tests.reliability.faults.conftest import (
     SLOTS,
@@ -170,6 +171,40 @@ def test_dagster_reads_wait_out_a_postgres_restart(healthy_fault_stack: RunningS
         assert first.status_code == 200, first.text
         assert first.json()["data"]["runsOrError"]["__typename"] == "Runs"
     report("dagster reads across a restart", down_s=READ_OUTAGE_S, read_took_s=outcome["took"])
+
+
+def test_a_step_that_loses_the_database_is_retried_as_a_run(
+    healthy_fault_stack: RunningStack,
+) -> None:
+    """A step failing on a lost database connection (not on its task) runs again once, by
+    Dagster's run retries; a task error in the retry would not be retried again."""
+    stack = healthy_fault_stack
+    with stack.client() as client:
+        task_id = stack.submit_image(
+            client, task_data={"character_description": "FAULT_DB_LOST_ONCE detective"}
+        )["task_id"]
+        done = stack.wait_terminal(client, task_id, timeout=180)
+    assert done["status"] == "completed", (done["error"], done["attempts"])
+    assert done["error"] is None
+
+    second, first = runs(stack, task_id)  # newest first
+    assert (first.status.value, second.status.value) == ("FAILURE", "SUCCESS")
+    assert first.tags[tags.RETRY_ON_STEP_FAILURE] == "true"
+    assert first.tags[tags.WILL_RETRY] == "true"
+    assert second.parent_run_id == first.run_id and second.tags[tags.RETRY_NUMBER] == "1"
+    assert second.tags[tags.RETRY_ON_STEP_FAILURE] == "false"
+    # The lost step never began an attempt: the one attempt is the retry's.
+    assert [(a["attempt"], a["run_id"]) for a in done["attempts"]] == [(2, second.run_id)]
+    assert done["attempt"] == 2
+    assert len(media_files(stack, task_id)) == 1
+    record = stack.instance().get_run_record_by_id(first.run_id)
+    retried = stack.instance().get_run_record_by_id(second.run_id)
+    assert record is not None and retried is not None
+    assert record.end_time is not None and retried.start_time is not None
+    report(
+        "database lost at step start",
+        failed_to_retry_started_s=retried.start_time - record.end_time,
+    )
 
 
 def test_redis_restart_under_load_loses_nothing(healthy_fault_stack: RunningStack) -> None:

@@ -46,12 +46,13 @@ def test_run_over_its_maximum_runtime_fails_with_a_timeout_and_frees_the_slot(
         assert failed["status"] == "failed", failed
         assert f"exceeded its maximum runtime of {AUDIO_MAX_RUNTIME_S} s" in failed["error"]
 
-        # Run monitoring reports the run CANCELING, terminates it, then marks it FAILURE; the
-        # task is failed as soon as the timeout is known, so the run may lag by a moment.
+        # Run monitoring reports the run CANCELING, terminates it and marks it FAILURE, while
+        # the interrupted worker records its own end (CANCELED): the run ends in whichever
+        # lands last. The task is failed either way, as soon as the timeout is known.
         def final_run() -> Any:
             found = runs(stack, task_id)
             assert len(found) == 1, found  # a timeout is final: no run retry
-            return found[0] if found[0].status.value == "FAILURE" else None
+            return found[0] if found[0].status.value in ("FAILURE", "CANCELED") else None
 
         run = poll(final_run, timeout=30)
         assert run.tags["dagster/max_runtime"] == str(AUDIO_MAX_RUNTIME_S)
