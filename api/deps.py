@@ -73,6 +73,16 @@ def get_dispatcher(request: Request) -> TaskDispatcher:
     return dispatcher
 
 
+def get_empty_buckets(request: Request) -> limits.EmptyBuckets:
+    """This API process's memory of rate-limit buckets it saw empty (made on first use)."""
+    state = request.app.state
+    existing: limits.EmptyBuckets | None = getattr(state, "empty_buckets", None)
+    if existing is None:
+        existing = limits.EmptyBuckets()
+        state.empty_buckets = existing
+    return existing
+
+
 def get_now() -> datetime:
     """The current time for expiry and rate limits (tests override this dependency)."""
     return datetime.now(UTC)
@@ -82,6 +92,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 NowDep = Annotated[datetime, Depends(get_now)]
 PoolDep = Annotated[DictPool, Depends(get_pool)]
 DispatcherDep = Annotated[TaskDispatcher, Depends(get_dispatcher)]
+EmptyBucketsDep = Annotated[limits.EmptyBuckets, Depends(get_empty_buckets)]
 
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,

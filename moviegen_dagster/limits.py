@@ -8,6 +8,7 @@ refused submission leaves nothing behind (the rollback returns its token too).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,49 @@ class RateLimited(Refused):
     """The project submitted faster than its rate limit allows (HTTP 429)."""
 
     code = "rate_limited"
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message, math.ceil(wait_s))
+        self.wait_s = wait_s  # until the bucket holds a whole token again (exact)
+
+
+class EmptyBuckets:
+    """One API process's memory of buckets it saw empty, and until when they stay empty.
+
+    A bucket only refills with time (other processes only take from it), so a submission
+    arriving before that moment would be refused by the database anyway: it is refused here
+    without a query, which keeps a flooding project from costing the database (and the other
+    projects) three queries per refused request. Submissions carrying an Idempotency-Key
+    still go to the database, whose answer may be the replay of an accepted task.
+    """
+
+    def __init__(self, max_projects: int = 10_000) -> None:
+        # project -> (empty until, refusal message, the (rate, burst) that computed it)
+        self._until: dict[str, tuple[datetime, str, tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+        self._max_projects = max_projects
+
+    def check(self, project_id: str, admission: Admission) -> None:
+        """Raise RateLimited when the project's bucket is known to be empty at `now`."""
+        if admission.claim is not None or admission.rate_per_minute <= 0:
+            return
+        limits = (admission.rate_per_minute, admission.burst)
+        with self._lock:
+            known = self._until.get(project_id)
+            if known is not None and (admission.now >= known[0] or known[2] != limits):
+                del self._until[project_id]
+                known = None
+        if known is not None:
+            raise RateLimited(known[1], (known[0] - admission.now).total_seconds())
+
+    def remember(self, project_id: str, admission: Admission, refused: RateLimited) -> None:
+        """Note that the project's bucket stays empty for `refused.wait_s` after `now`."""
+        with self._lock:
+            if len(self._until) >= self._max_projects:
+                self._until.clear()  # a bound, not a cache policy: the database decides anyway
+            until = admission.now + timedelta(seconds=refused.wait_s)
+            limits = (admission.rate_per_minute, admission.burst)
+            self._until[project_id] = (until, str(refused), limits)
 
 
 class QueueFull(Refused):
@@ -177,7 +221,7 @@ def take_token(
         raise RateLimited(
             f"project {project_id!r} is over its submit rate limit "
             f"({rate_per_minute:g}/minute, burst {burst})",
-            math.ceil((1.0 - tokens) / per_second),
+            (1.0 - tokens) / per_second,
         )
     cur.execute(
         "UPDATE moviegen.rate_buckets SET tokens = %s, updated_at = GREATEST(updated_at, %s) "

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Response
 from api.deps import (
     CallerDep,
     DispatcherDep,
+    EmptyBucketsDep,
     NowDep,
     PoolDep,
     SettingsDep,
@@ -52,6 +53,7 @@ def submit_task(
     dispatcher: DispatcherDep,
     settings: SettingsDep,
     now: NowDep,
+    empty: EmptyBucketsDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -100,7 +102,12 @@ def submit_task(
             idempotency_key, body.model_dump(mode="json"), settings.idempotency_ttl_hours
         )
     admission = limits.Admission.from_settings(settings, now, claim)
-    admitted = dispatcher.submit(body.to_new_task(), admission)
+    empty.check(body.project_id, admission)
+    try:
+        admitted = dispatcher.submit(body.to_new_task(), admission)
+    except limits.RateLimited as refused:
+        empty.remember(body.project_id, admission, refused)
+        raise
     row = admitted.row
     response.headers["Location"] = f"/api/v1/tasks/{row['task_id']}/status"
     if admitted.replayed:

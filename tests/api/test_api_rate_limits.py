@@ -196,3 +196,38 @@ def test_api_processes_share_one_bucket(
     assert codes.count(202) == 3 and codes.count(429) == 3, codes
     assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 429)
     assert _queued(conn, project) == 3
+
+
+def test_a_refused_project_is_refused_again_without_the_database(
+    client: TestClient, project: Project, clock: Any, configure: Any, monkeypatch: Any
+) -> None:
+    """Until its bucket can hold a token again, a flooding project costs no query."""
+    from moviegen_dagster import limits
+
+    configure(submit_rate_per_minute=6, submit_burst=1, max_queued_per_project=0)
+    admitted: list[str] = []
+    real = limits.admit_and_insert
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        admitted.append("db")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(limits, "admit_and_insert", counting)
+    assert _post(client, project).status_code == 202
+    first = _post(client, project)
+    assert_error(first, 429, "rate_limited", None)
+    assert len(admitted) == 2
+    clock.advance(seconds=4)
+    again = [_post(client, project) for _ in range(5)]
+    assert len(admitted) == 2  # answered from memory
+    for resp in again:
+        body = assert_error(resp, 429, "rate_limited", None)
+        assert body["error"]["message"] == first.json()["error"]["message"]
+        assert resp.headers["retry-after"] == "6"
+    # An Idempotency-Key may be a replay: the database answers it.
+    assert _post(client, project, key="maybe-a-replay").status_code == 429
+    assert len(admitted) == 3
+    # Once a token is due, the database decides again.
+    clock.advance(seconds=6)
+    assert _post(client, project).status_code == 202
+    assert len(admitted) == 4
