@@ -220,33 +220,39 @@ def report_progress(
 
 
 def save_preview(conn: psycopg.Connection[Any], task_id: str, preview: Preview) -> bool:
-    """Keep an open task's latest preview; False when the task is no longer open."""
-    bumped = conn.execute(
-        "UPDATE moviegen.tasks SET preview_seq = preview_seq + 1 "
-        "WHERE task_id = %s AND status IN ('queued', 'processing') RETURNING task_id",
-        (uuid.UUID(task_id),),
-    ).fetchone()
-    if bumped is None:
-        return False
-    conn.execute(
-        """
-        INSERT INTO moviegen.task_previews (task_id, kind, label, media_type, width, height, data)
-        VALUES (%s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (task_id) DO UPDATE SET
-            kind = EXCLUDED.kind, label = EXCLUDED.label, media_type = EXCLUDED.media_type,
-            width = EXCLUDED.width, height = EXCLUDED.height, data = EXCLUDED.data,
-            created_at = now()
-        """,
-        (
-            uuid.UUID(task_id),
-            preview.kind,
-            preview.label,
-            preview.media_type,
-            preview.width,
-            preview.height,
-            preview.data,
-        ),
-    )
+    """Keep an open task's latest preview; False when the task is no longer open.
+
+    One transaction: the change notification (the preview_seq bump) is delivered at commit, so
+    a stream it wakes always reads this preview, never the one before it.
+    """
+    with conn.transaction():
+        bumped = conn.execute(
+            "UPDATE moviegen.tasks SET preview_seq = preview_seq + 1 "
+            "WHERE task_id = %s AND status IN ('queued', 'processing') RETURNING task_id",
+            (uuid.UUID(task_id),),
+        ).fetchone()
+        if bumped is None:
+            return False
+        conn.execute(
+            """
+            INSERT INTO moviegen.task_previews
+                (task_id, kind, label, media_type, width, height, data)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (task_id) DO UPDATE SET
+                kind = EXCLUDED.kind, label = EXCLUDED.label, media_type = EXCLUDED.media_type,
+                width = EXCLUDED.width, height = EXCLUDED.height, data = EXCLUDED.data,
+                created_at = now()
+            """,
+            (
+                uuid.UUID(task_id),
+                preview.kind,
+                preview.label,
+                preview.media_type,
+                preview.width,
+                preview.height,
+                preview.data,
+            ),
+        )
     return True
 
 
