@@ -15,6 +15,7 @@ from psycopg_pool import PoolTimeout
 from moviegen_dagster import limits, store, tags
 from moviegen_dagster.db import DictPool
 from moviegen_dagster.settings import WORKER_TYPE_BY_TASK, Settings
+from moviegen_dagster.status import TaskStatus
 
 log = logging.getLogger("moviegen.dispatch")
 
@@ -236,7 +237,6 @@ def _apply_failure(
 
 def enqueue_callback(conn: psycopg.Connection[Any], row: store.Row) -> None:
     """Queue the terminal event of a task that just became terminal (same transaction)."""
-    from api.schemas import TaskStatus
     from moviegen_dagster.webhooks import enqueue_terminal_event
 
     if row["status"] in store.TERMINAL and row.get("callback_url"):
