@@ -13,8 +13,6 @@ first query after a restart does not answer 500. Everything else is dagster-post
 
 from __future__ import annotations
 
-import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -37,13 +35,11 @@ from dagster_postgres.utils import (
 )
 from sqlalchemy.engine import Connection
 
-log = logging.getLogger("moviegen.pg_storage")
+from moviegen_dagster.backoff import retry_while_unreachable
 
 T = TypeVar("T")
 
 DEFAULT_PATIENCE_S = 60.0
-_FIRST_WAIT_S = 0.2
-_MAX_WAIT_S = 2.0
 # What a refused, reset or timed-out connection raises through SQLAlchemy.
 _TRANSIENT = (
     sqlalchemy.exc.DatabaseError,
@@ -59,21 +55,12 @@ def connect_patiently(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call `connect` until it succeeds or `patience_s` has passed since the first failure."""
-    deadline: float | None = None
-    wait = _FIRST_WAIT_S
-    while True:
-        try:
-            return connect()
-        except _TRANSIENT as exc:
-            now = clock()
-            deadline = now + patience_s if deadline is None else deadline
-            if now >= deadline:
-                raise DagsterPostgresException(
-                    f"database unreachable for {patience_s:g} s: {exc}"
-                ) from exc
-            log.warning("database unreachable, retrying: %s", str(exc).splitlines()[0])
-        sleep(min(wait * random.uniform(0.75, 1.25), max(0.0, deadline - clock())))
-        wait = min(wait * 2, _MAX_WAIT_S)
+    try:
+        return retry_while_unreachable(
+            connect, _TRANSIENT, patience_s, "reach the database", clock, sleep
+        )
+    except _TRANSIENT as exc:
+        raise DagsterPostgresException(f"database unreachable for {patience_s:g} s: {exc}") from exc
 
 
 @contextmanager
@@ -86,62 +73,53 @@ def patient_connection(engine: sqlalchemy.engine.Engine, patience_s: float) -> I
         conn.close()
 
 
-def _ping_at_checkout(engine: sqlalchemy.engine.Engine) -> None:
-    # The webserver holds a pooled connection; after a restart it is dead, and without a ping
-    # the first query through it fails instead of reconnecting.
-    engine.pool._pre_ping = True
+class _Patient:
+    """What the three storages share: patient connections, and a webserver pool that pings."""
+
+    _engine: sqlalchemy.engine.Engine
+    connect_patience_s = DEFAULT_PATIENCE_S
+
+    def _patient_connection(self) -> AbstractContextManager[Connection]:
+        return patient_connection(self._engine, self.connect_patience_s)
+
+    def optimize_for_webserver(
+        self, statement_timeout: int, pool_recycle: int, max_overflow: int
+    ) -> None:
+        # The dagster-postgres storage after this mixin in the MRO builds the pooled engine.
+        super().optimize_for_webserver(  # type: ignore[misc]
+            statement_timeout, pool_recycle, max_overflow
+        )
+        # The webserver holds a pooled connection; after a restart it is dead, and without a
+        # ping at checkout the first query through it fails instead of reconnecting.
+        self._engine.pool._pre_ping = True
 
 
-class PatientEventLogStorage(PostgresEventLogStorage):
+class PatientEventLogStorage(_Patient, PostgresEventLogStorage):
     """dagster-postgres event log storage that waits out a database restart."""
 
-    connect_patience_s = DEFAULT_PATIENCE_S
-
     def _connect(self) -> AbstractContextManager[Connection]:
-        return patient_connection(self._engine, self.connect_patience_s)
-
-    def optimize_for_webserver(
-        self, statement_timeout: int, pool_recycle: int, max_overflow: int
-    ) -> None:
-        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
-        _ping_at_checkout(self._engine)
+        return self._patient_connection()
 
 
-class PatientRunStorage(PostgresRunStorage):
+class PatientRunStorage(_Patient, PostgresRunStorage):
     """dagster-postgres run storage that waits out a database restart."""
 
-    connect_patience_s = DEFAULT_PATIENCE_S
-
     def connect(self) -> AbstractContextManager[Connection]:
-        return patient_connection(self._engine, self.connect_patience_s)
-
-    def optimize_for_webserver(
-        self, statement_timeout: int, pool_recycle: int, max_overflow: int
-    ) -> None:
-        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
-        _ping_at_checkout(self._engine)
+        return self._patient_connection()
 
 
-class PatientScheduleStorage(PostgresScheduleStorage):
+class PatientScheduleStorage(_Patient, PostgresScheduleStorage):
     """dagster-postgres schedule storage that waits out a database restart."""
 
-    connect_patience_s = DEFAULT_PATIENCE_S
-
     def connect(self, run_id: str | None = None) -> AbstractContextManager[Connection]:
-        return patient_connection(self._engine, self.connect_patience_s)
-
-    def optimize_for_webserver(
-        self, statement_timeout: int, pool_recycle: int, max_overflow: int
-    ) -> None:
-        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
-        _ping_at_checkout(self._engine)
+        return self._patient_connection()
 
 
 def limit_patience(instance: Any, seconds: float) -> None:
     """Wait at most `seconds` for the database in this process's instance (an API process
     answers 503 rather than holding a request through an outage)."""
     for storage in (instance.run_storage, instance.event_log_storage):
-        if isinstance(storage, PatientEventLogStorage | PatientRunStorage):
+        if isinstance(storage, _Patient):
             storage.connect_patience_s = min(storage.connect_patience_s, seconds)
 
 

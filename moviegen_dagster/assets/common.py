@@ -17,6 +17,7 @@ import dagster as dg
 import psycopg
 
 from moviegen_dagster import faults, store, tags, worker_state
+from moviegen_dagster.backoff import retry_while_unreachable
 from moviegen_dagster.coordinator import bound_task_id, closed_task_message
 from moviegen_dagster.generation.common import current_memory_mode, memory_mode
 from moviegen_dagster.generation.errors import GenerationCancelled
@@ -76,13 +77,11 @@ class TaskRun:
     report: ProgressReporter | _BestEffortProgress
     started: float
     # The step's context: deliver() records the take's inputs on their source asset with it.
-    context: Any = None
-    state: TaskStateResource | None = None
+    context: Any
+    state: TaskStateResource
 
     def preview(self, preview: Preview) -> None:
         """Publish a preview of the take; a database error loses this preview only."""
-        if self.state is None:
-            return
         try:
             self.state.save_preview(self.task_id, preview)
         except psycopg.Error as exc:
@@ -228,17 +227,7 @@ DB_RETRY_SECONDS = 60.0
 
 def _db_retry(fn: Callable[[], T], what: str) -> T:
     """Run a database write, retrying with back-off through a short PostgreSQL outage."""
-    deadline = time.monotonic() + DB_RETRY_SECONDS
-    delay = 0.25
-    while True:
-        try:
-            return fn()
-        except psycopg.OperationalError as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("could not %s (%s); retrying in %.2fs", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    return retry_while_unreachable(fn, (psycopg.OperationalError,), DB_RETRY_SECONDS, what)
 
 
 class _BestEffortProgress:
