@@ -26,7 +26,8 @@ API_DB_PATIENCE_S = 5.0
 RETRY_DECISION_GRACE_S = 30.0
 REPOSITORY = "__repository__"
 
-_LAUNCH = """
+# The webserver's GraphQL mutations, as the Dagster UI sends them.
+LAUNCH_RUN = """
 mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
     __typename
@@ -37,9 +38,9 @@ mutation Launch($params: ExecutionParams!) {
   }
 }"""
 
-_REEXECUTE = """
-mutation Reexecute($parent: String!) {
-  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: FROM_FAILURE}) {
+REEXECUTE_RUN = """
+mutation Reexecute($parent: String!, $strategy: ReexecutionStrategy!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: $strategy}) {
     __typename
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
@@ -299,7 +300,7 @@ class Dispatcher:
                 "tags": [{"key": k, "value": v} for k, v in run_tags(row, self.settings).items()]
             },
         }
-        result = self.graphql(_LAUNCH, {"params": params}, "launchRun")
+        result = self.graphql(LAUNCH_RUN, {"params": params}, "launchRun")
         if result["__typename"] != "LaunchRunSuccess":
             raise RuntimeError(f"launchRun: {result['__typename']}: {result.get('message')}")
         return str(result["run"]["runId"])
@@ -389,7 +390,11 @@ class Dispatcher:
                 raise Conflict(f"only failed tasks can be retried; this one is {locked['status']}")
             if locked["run_id"] is None:
                 raise Conflict("the task never ran, so there is nothing to retry")
-            result = self.graphql(_REEXECUTE, {"parent": locked["run_id"]}, "launchRunReexecution")
+            result = self.graphql(
+                REEXECUTE_RUN,
+                {"parent": locked["run_id"], "strategy": "FROM_FAILURE"},
+                "launchRunReexecution",
+            )
             if result["__typename"] != "LaunchRunSuccess":
                 raise Unavailable(f"could not launch the retry: {result.get('message')}")
             reopened = store.reopen_for_retry(conn, locked["task_id"])

@@ -16,27 +16,8 @@ import httpx
 import psycopg
 from dagster import AssetKey, AssetRecordsFilter, RunsFilter
 
+from moviegen_dagster.dispatch import LAUNCH_RUN, REEXECUTE_RUN
 from tests.conftest import PROJECT_A, AssetServer, RunningStack, jpeg, poll
-
-_LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on Error { message }
-  }
-}"""
-
-_REEXECUTE = """
-mutation Reexecute($parent: String!, $strategy: ReexecutionStrategy!) {
-  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: $strategy}) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on Error { message }
-  }
-}"""
 
 
 def graphql(stack: RunningStack, query: str, variables: dict[str, Any], field: str) -> Any:
@@ -63,7 +44,7 @@ def materialize_partition(stack: RunningStack, asset: str, partition: str) -> st
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
     }
-    result = graphql(stack, _LAUNCH, {"params": params}, "launchRun")
+    result = graphql(stack, LAUNCH_RUN, {"params": params}, "launchRun")
     assert result["__typename"] == "LaunchRunSuccess", result
     return str(result["run"]["runId"])
 
@@ -71,7 +52,7 @@ def materialize_partition(stack: RunningStack, asset: str, partition: str) -> st
 def reexecute(stack: RunningStack, run_id: str, strategy: str = "FROM_FAILURE") -> str:
     """The UI's "Re-execute" (from failure, or all steps) of a run."""
     result = graphql(
-        stack, _REEXECUTE, {"parent": run_id, "strategy": strategy}, "launchRunReexecution"
+        stack, REEXECUTE_RUN, {"parent": run_id, "strategy": strategy}, "launchRunReexecution"
     )
     assert result["__typename"] == "LaunchRunSuccess", result
     return str(result["run"]["runId"])

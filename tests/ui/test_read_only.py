@@ -12,16 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moviegen_dagster.dispatch import LOCATION, REPOSITORY
+from moviegen_dagster.dispatch import LAUNCH_RUN, LOCATION, REPOSITORY
 from moviegen_dagster.settings import Settings
 from moviegen_dagster.stack import REPO_ROOT, free_port, webserver_command
 from tests.conftest import INHERITED_STATE, poll
 
-LAUNCH = """
-mutation($params: ExecutionParams!) {
-  launchRun(executionParams: $params) { __typename ... on Error { message } }
-}
-"""
 PERMISSIONS = "{ permissions { permission value } }"
 JOBS = """
 { repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }
@@ -101,7 +96,7 @@ def test_read_only_webserver_serves_the_code_location_but_refuses_launch_run(
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "p/x"}]},
     }
-    result = _graphql(read_only_webserver, LAUNCH, {"params": params})["launchRun"]
+    result = _graphql(read_only_webserver, LAUNCH_RUN, {"params": params})["launchRun"]
     assert result["__typename"] == "UnauthorizedError", result
     # Nor can a viewer write asset events through the REST endpoint beside GraphQL.
     report = httpx.post(
