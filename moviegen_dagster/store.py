@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from moviegen_dagster.previews import Preview
@@ -368,13 +369,17 @@ def start_attempt(
     is closed here if nothing closed it before.
     """
     with conn.transaction():
-        row = conn.execute(
-            "SELECT attempts, attempt FROM moviegen.tasks WHERE task_id = %s FOR UPDATE",
-            (uuid.UUID(task_id),),
-        ).fetchone()
+        row = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT attempts FROM moviegen.tasks WHERE task_id = %s FOR UPDATE",
+                (uuid.UUID(task_id),),
+            )
+            .fetchone()
+        )
         if row is None:
             return max(1, run_attempt)
-        entries = list(_field(row, "attempts", 0) or [])
+        entries = list(row["attempts"] or [])
         now = _now_iso()
         for entry in entries:
             if entry.get("ended_at") is None:
@@ -403,45 +408,43 @@ def end_attempt(
     conn: psycopg.Connection[Any], task_id: str, number: int, error: str | None
 ) -> None:
     """Close one attempt entry with its outcome (error None: the step succeeded)."""
-    conn.execute(
-        """
-        UPDATE moviegen.tasks SET attempts = (
-            SELECT COALESCE(jsonb_agg(
-                CASE WHEN (e->>'attempt')::int = %(n)s AND e->>'ended_at' IS NULL
-                     THEN e || jsonb_build_object(
-                         'ended_at', %(now)s::text, 'error', %(error)s::text)
-                     ELSE e END ORDER BY i), '[]'::jsonb)
-            FROM jsonb_array_elements(attempts) WITH ORDINALITY AS a(e, i))
-        WHERE task_id = %(task_id)s
-        """,
-        {"n": number, "now": _now_iso(), "error": error, "task_id": uuid.UUID(task_id)},
-    )
+    _close_open_attempts(conn, uuid.UUID(task_id), error, number=number)
 
 
 def close_run_attempts(
     conn: psycopg.Connection[Any], task_id: uuid.UUID, run_id: str, error: str
 ) -> None:
     """Close the attempts a failed run left open (its worker died or it was timed out)."""
-    conn.execute(
-        """
-        UPDATE moviegen.tasks SET attempts = (
-            SELECT COALESCE(jsonb_agg(
-                CASE WHEN e->>'run_id' = %(run_id)s AND e->>'ended_at' IS NULL
-                     THEN e || jsonb_build_object(
-                         'ended_at', %(now)s::text, 'error', %(error)s::text)
-                     ELSE e END ORDER BY i), '[]'::jsonb)
-            FROM jsonb_array_elements(attempts) WITH ORDINALITY AS a(e, i))
-        WHERE task_id = %(task_id)s
-          AND EXISTS (SELECT 1 FROM jsonb_array_elements(attempts) e
-                      WHERE e->>'run_id' = %(run_id)s AND e->>'ended_at' IS NULL)
-        """,
-        {"run_id": run_id, "now": _now_iso(), "error": error[:500], "task_id": task_id},
+    _close_open_attempts(conn, task_id, error[:500], run_id=run_id)
+
+
+def _close_open_attempts(
+    conn: psycopg.Connection[Any],
+    task_id: uuid.UUID,
+    error: str | None,
+    number: int | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Close the still open attempt entries with this number and/or of this run."""
+    # Correlated with the row being updated, so a concurrent start_attempt is not overwritten.
+    closing = (
+        "e->>'ended_at' IS NULL"
+        " AND (%(n)s::int IS NULL OR (e->>'attempt')::int = %(n)s::int)"
+        " AND (%(run_id)s::text IS NULL OR e->>'run_id' = %(run_id)s::text)"
     )
-
-
-def _field(row: Any, name: str, index: int) -> Any:
-    """A column from a dict row or a tuple row."""
-    return row[name] if isinstance(row, dict) else row[index]
+    conn.execute(
+        f"""
+        UPDATE moviegen.tasks t SET attempts = (
+            SELECT jsonb_agg(
+                CASE WHEN {closing} THEN e || jsonb_build_object(
+                    'ended_at', %(now)s::text, 'error', %(error)s::text)
+                ELSE e END ORDER BY i)
+            FROM jsonb_array_elements(t.attempts) WITH ORDINALITY AS a(e, i))
+        WHERE task_id = %(task_id)s
+          AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.attempts) AS x(e) WHERE {closing})
+        """,
+        {"n": number, "run_id": run_id, "now": _now_iso(), "error": error, "task_id": task_id},
+    )
 
 
 def cancel_unlaunched(conn: psycopg.Connection[Any], task_id: uuid.UUID) -> Row | None:
