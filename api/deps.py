@@ -74,13 +74,9 @@ def get_dispatcher(request: Request) -> TaskDispatcher:
 
 
 def get_empty_buckets(request: Request) -> limits.EmptyBuckets:
-    """This API process's memory of rate-limit buckets it saw empty (made on first use)."""
-    state = request.app.state
-    existing: limits.EmptyBuckets | None = getattr(state, "empty_buckets", None)
-    if existing is None:
-        existing = limits.EmptyBuckets()
-        state.empty_buckets = existing
-    return existing
+    """This API process's memory of rate-limit buckets it saw empty."""
+    buckets: limits.EmptyBuckets = request.app.state.empty_buckets
+    return buckets
 
 
 def get_now() -> datetime:

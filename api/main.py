@@ -18,7 +18,7 @@ from api import errors
 from api.deps import TaskDispatcher
 from api.middleware import BodyLimitMiddleware, TaskLogContextMiddleware
 from api.routes import backfills, events, media, metrics, projects, system, tasks
-from moviegen_dagster import db, keys
+from moviegen_dagster import db, keys, limits
 from moviegen_dagster.dispatch import Dispatcher
 from moviegen_dagster.settings import Settings, get_settings
 
@@ -87,6 +87,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.empty_buckets = limits.EmptyBuckets()
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(TaskLogContextMiddleware)
